@@ -1,0 +1,25 @@
+"""Test-only settings on top of the real ones.
+
+The database is a throwaway PostgreSQL server the test run starts itself
+(pytest-postgresql); tests/conftest.py fills in its port.
+"""
+
+from __future__ import annotations
+
+from project.settings import *  # noqa: F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": "chat",
+        "USER": "postgres",
+        "HOST": "127.0.0.1",
+        "PORT": "",  # set by tests/conftest.py once the throwaway server is up
+        "TEST": {"NAME": "test_chat"},
+    }
+}
+
+# Pure unit tests use the in-memory layer; tests that need Redis override this.
+CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}

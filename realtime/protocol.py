@@ -1,0 +1,112 @@
+"""Parse client frames of the /ws/ protocol (docs/protocol.md) into typed commands."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from web.errors import ApiError, BadRequest
+
+MAX_REF_CHARS = 64
+
+
+class ProtocolError(ApiError):
+    """A bad frame; carries the frame's ref when it could be read."""
+
+    def __init__(self, error: ApiError, ref: str | None):
+        super().__init__(error.message, code=error.code, status=error.status)
+        self.ref = ref
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    ref: str | None
+    room: str
+    since: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    ref: str | None
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    ref: str | None
+    room: str
+    body: str
+    client_msg_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    ref: str | None
+
+
+Command = Subscribe | Unsubscribe | Publish | Ping
+
+
+def parse(text: str) -> Command:
+    """Parse one text frame; raise ProtocolError (code bad_request) if it is not a valid command."""
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise ProtocolError(BadRequest("frame is not valid JSON"), None) from None
+    if not isinstance(data, dict):
+        raise ProtocolError(BadRequest("frame must be a JSON object"), None)
+    ref = data.get("ref")
+    if ref is not None and not (isinstance(ref, str) and len(ref) <= MAX_REF_CHARS):
+        raise ProtocolError(BadRequest(f"ref must be a string of at most {MAX_REF_CHARS}"), None)
+    try:
+        return _command(data, ref)
+    except ApiError as error:
+        raise ProtocolError(error, ref) from None
+
+
+def _command(data: dict[str, Any], ref: str | None) -> Command:
+    kind = data.get("type")
+    if kind == "publish":
+        return Publish(
+            ref, _room(data), _str(data, "body"), _str(data, "client_msg_id")
+        )
+    if kind == "subscribe":
+        since = data.get("since")
+        if since is not None and not (
+            isinstance(since, int) and not isinstance(since, bool) and 0 <= since < 2**63
+        ):
+            raise BadRequest("since must be a non-negative integer")
+        return Subscribe(ref, _room(data), since)
+    if kind == "unsubscribe":
+        return Unsubscribe(ref, _room(data))
+    if kind == "ping":
+        return Ping(ref)
+    if not isinstance(kind, str):
+        raise BadRequest("type must be a string")
+    raise BadRequest(f"unknown type {kind[:32]!r}")
+
+
+def _room(data: dict[str, Any]) -> str:
+    return _str(data, "room", max_chars=50)
+
+
+def _str(data: dict[str, Any], field: str, max_chars: int | None = None) -> str:
+    value = data.get(field)
+    if not isinstance(value, str):
+        raise BadRequest(f"{field} must be a string")
+    if max_chars is not None and len(value) > max_chars:
+        raise BadRequest(f"{field} must be at most {max_chars} characters")
+    return value
+
+
+def dumps(frame: dict[str, Any]) -> str:
+    return orjson.dumps(frame).decode()
+
+
+def error_frame(code: str, message: str, ref: str | None = None) -> str:
+    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if ref is not None:
+        frame["ref"] = ref
+    return dumps(frame)

@@ -1,0 +1,82 @@
+"""Read-side helpers: who may see which room, and the history they may read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Exists, OuterRef, Subquery
+
+from web.errors import Forbidden, NotFound
+from web.models import Membership, Message, Room
+
+
+async def aget_room_for_user(user: AbstractBaseUser, slug: str) -> Room:
+    """The room if the user may read and write it; NotFound or Forbidden otherwise."""
+    member = Membership.objects.filter(room=OuterRef("pk"), user_id=user.pk)
+    room = await Room.objects.annotate(is_member=Exists(member)).filter(slug=slug).afirst()
+    if room is None:
+        raise NotFound(f"no room {slug!r}")
+    if room.private and not room.is_member:  # type: ignore[attr-defined]  # annotated above
+        raise Forbidden(f"you are not a member of {slug!r}")
+    return room
+
+
+async def arooms_for_user(user: AbstractBaseUser) -> list[dict[str, Any]]:
+    """The rooms the user can see, with last_seq and unread count, in one query."""
+    member = Membership.objects.filter(room=OuterRef("pk"), user_id=user.pk)
+    rooms = (
+        Room.objects.visible_to(user)
+        .annotate(
+            is_member=Exists(member),
+            last_read_seq=Subquery(member.values("last_read_seq")[:1]),
+        )
+        .order_by("slug")
+    )
+    result = []
+    async for room in rooms:
+        read = room.last_read_seq or 0  # type: ignore[attr-defined]
+        result.append(
+            {
+                **room_json(room),
+                "member": room.is_member,  # type: ignore[attr-defined]
+                # seqs are gap-free, so the unread count is a subtraction, not a COUNT(*).
+                "unread": max(room.last_seq - read, 0) if room.is_member else 0,  # type: ignore[attr-defined]
+            }
+        )
+    return result
+
+
+def room_json(room: Room) -> dict[str, Any]:
+    return {
+        "slug": room.slug,
+        "title": room.title,
+        "private": room.private,
+        "last_seq": room.last_seq,
+    }
+
+
+async def amessages_after(room: Room, after: int, limit: int) -> list[dict[str, Any]]:
+    """Up to `limit` message frames with seq > after, in seq order."""
+    return [
+        m.to_event(room.slug, m.sender.get_username())
+        async for m in Message.objects.page_after(room.pk, after, limit)
+    ]
+
+
+async def amessages_before(room: Room, before: int, limit: int) -> list[dict[str, Any]]:
+    """Up to `limit` message frames with seq < before, in seq order."""
+    frames = [
+        m.to_event(room.slug, m.sender.get_username())
+        async for m in Message.objects.page_before(room.pk, before, limit)
+    ]
+    frames.reverse()
+    return frames
+
+
+async def alast_seq(room_id: int) -> int:
+    """The room's current last_seq, read fresh from the database."""
+    value = await Room.objects.filter(pk=room_id).values_list("last_seq", flat=True).afirst()
+    if value is None:
+        raise NotFound("room is gone")
+    return value

@@ -1,0 +1,172 @@
+"""Every state change lives here: check_* validates, do_* changes state.
+
+Only these functions emit realtime events, and only after their transaction
+commits (see realtime/events.py).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from realtime import events
+from web.errors import BadRequest, Conflict, Forbidden, NotFound, TooLarge
+from web.models import ApiToken, Membership, Message, Room
+
+SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$")
+CLIENT_MSG_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def check_room_slug(slug: str) -> str:
+    if not SLUG_RE.match(slug):
+        raise BadRequest(
+            "slug must be 1-50 lowercase letters, digits or inner hyphens", code="bad_request"
+        )
+    return slug
+
+
+def check_room_title(title: str) -> str:
+    title = title.strip()
+    if not 1 <= len(title) <= 200:
+        raise BadRequest("title must be 1-200 characters")
+    return title
+
+
+def check_body(body: str) -> str:
+    if len(body) > settings.MESSAGE_MAX_CHARS:
+        raise TooLarge(f"body is over {settings.MESSAGE_MAX_CHARS} characters")
+    if not body.strip():
+        raise BadRequest("body must not be empty")
+    return body
+
+
+def check_client_msg_id(client_msg_id: str) -> str:
+    if not CLIENT_MSG_ID_RE.match(client_msg_id):
+        raise BadRequest("client_msg_id must be 1-64 characters of A-Z a-z 0-9 . _ : -")
+    return client_msg_id
+
+
+def check_owner(user: AbstractBaseUser, room: Room) -> None:
+    if room.owner_id != user.pk:
+        raise Forbidden("only the room's owner can do that")
+
+
+def do_create_room(owner: AbstractBaseUser, slug: str, title: str, private: bool) -> Room:
+    slug = check_room_slug(slug)
+    title = check_room_title(title)
+    try:
+        with transaction.atomic():
+            room = Room.objects.create(slug=slug, title=title, private=private, owner=owner)
+            Membership.objects.create(user=owner, room=room, role=Membership.Role.OWNER)
+    except IntegrityError:
+        raise Conflict(f"room {slug!r} already exists") from None
+    return room
+
+
+def do_add_member(acting: AbstractBaseUser, room: Room, username: str) -> Membership:
+    check_owner(acting, room)
+    user = _get_active_user(username)
+    membership, _ = Membership.objects.get_or_create(user=user, room=room)
+    return membership
+
+
+def do_remove_member(acting: AbstractBaseUser, room: Room, username: str) -> None:
+    check_owner(acting, room)
+    user = _get_active_user(username)
+    if user.pk == room.owner_id:
+        raise BadRequest("the owner cannot be removed from their room")
+    with transaction.atomic():
+        deleted, _ = Membership.objects.filter(user=user, room=room).delete()
+        if not deleted:
+            raise NotFound(f"{username!r} is not a member of {room.slug!r}")
+        if room.private:
+            # Open sockets of the removed user stop receiving this room.
+            user_id = user.pk
+            transaction.on_commit(lambda: events.send_room_revoked(user_id, room.pk, room.slug))
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    message: Message
+    created: bool
+    frame: dict[str, Any]
+
+
+def do_send_message(
+    sender: AbstractBaseUser, room: Room, body: str, client_msg_id: str
+) -> SentMessage:
+    """Store a message with the room's next seq, then broadcast it after commit.
+
+    A retry with the same client_msg_id by the same sender returns the stored
+    message and broadcasts nothing.
+    """
+    body = check_body(body)
+    client_msg_id = check_client_msg_id(client_msg_id)
+    sender_name = sender.get_username()
+    existing = Message.objects.find_retry(room.pk, sender.pk, client_msg_id)
+    if existing is not None:
+        return SentMessage(existing, False, existing.to_event(room.slug, sender_name))
+    try:
+        with transaction.atomic():
+            # Takes the room's row lock until commit: seqs are assigned and committed in order.
+            seq = Room.objects.take_next_seq(room.pk)
+            message = Message.objects.create(
+                room_id=room.pk, seq=seq, sender=sender, body=body, client_msg_id=client_msg_id
+            )
+            if not room.private:
+                # Posting in a public room joins it, so it shows up with unread counts.
+                Membership.objects.get_or_create(user=sender, room_id=room.pk)
+            frame = message.to_event(room.slug, sender_name)
+            transaction.on_commit(lambda: events.send_message(room.pk, seq, frame))
+    except IntegrityError:
+        # A concurrent retry of the same publish won the race; the seq taken here rolled back.
+        existing = Message.objects.find_retry(room.pk, sender.pk, client_msg_id)
+        if existing is None:
+            raise
+        return SentMessage(existing, False, existing.to_event(room.slug, sender_name))
+    room.last_seq = seq
+    return SentMessage(message, True, frame)
+
+
+def do_mark_read(user: AbstractBaseUser, room: Room, seq: int) -> int:
+    """Move the user's read marker forward (never back) and return it."""
+    if seq < 0:
+        raise BadRequest("seq must be >= 0")
+    seq = min(seq, room.last_seq)
+    membership, _ = Membership.objects.get_or_create(user=user, room=room)
+    if seq > membership.last_read_seq:
+        Membership.objects.filter(pk=membership.pk, last_read_seq__lt=seq).update(
+            last_read_seq=seq
+        )
+        membership.last_read_seq = seq
+    return membership.last_read_seq
+
+
+def do_issue_token(username: str, *, create: bool = False, name: str = "") -> str:
+    """Issue an API token for the user (creating the user if asked) and return it raw."""
+    User = get_user_model()
+    if create:
+        user, _ = User.objects.get_or_create(username=username)
+    else:
+        user = _get_active_user(username)
+    _, raw = ApiToken.objects.issue(user, name=name)
+    return raw
+
+
+def do_revoke_token(token: ApiToken) -> None:
+    ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
+def _get_active_user(username: str) -> Any:
+    User = get_user_model()
+    try:
+        return User.objects.get(username=username, is_active=True)
+    except User.DoesNotExist:
+        raise NotFound(f"no user {username!r}") from None

@@ -1,0 +1,99 @@
+"""The JSON envelope shared by every API view: auth, method check, body parsing, errors."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.db import DatabaseError
+from django.http import HttpRequest, HttpResponse
+
+from web.auth import aauthenticate
+from web.errors import ApiError, BadRequest, TooLarge, Unavailable
+
+logger = logging.getLogger(__name__)
+
+View = Callable[..., Awaitable[HttpResponse]]
+
+
+def json_response(data: Any, status: int = 200) -> HttpResponse:
+    return HttpResponse(orjson.dumps(data), status=status, content_type="application/json")
+
+
+def error_response(error: ApiError) -> HttpResponse:
+    return json_response({"error": {"code": error.code, "message": error.message}}, error.status)
+
+
+def api_view(*methods: str) -> Callable[[View], View]:
+    """Wrap an async view: authenticate, check the method, turn errors into JSON."""
+
+    def decorate(view: View) -> View:
+        @functools.wraps(view)
+        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            try:
+                if request.method not in methods:
+                    response = error_response(
+                        ApiError(f"use {', '.join(methods)}", code="method_not_allowed", status=405)
+                    )
+                    response["Allow"] = ", ".join(methods)
+                    return response
+                user = await aauthenticate(request)
+                return await view(request, user, *args, **kwargs)
+            except ApiError as error:
+                return error_response(error)
+            except DatabaseError:
+                logger.warning("database unavailable", exc_info=True)
+                return error_response(Unavailable("the database is unavailable; retry later"))
+
+        return wrapper
+
+    return decorate
+
+
+def json_body(request: HttpRequest) -> dict[str, Any]:
+    """The request's JSON object body, or BadRequest/TooLarge."""
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        raise TooLarge(
+            f"request body is over {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes"
+        ) from None
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequest("request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object")
+    return data
+
+
+def str_field(data: dict[str, Any], name: str, *, default: str | None = None) -> str:
+    value = data.get(name, default)
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string")
+    return value
+
+
+def bool_field(data: dict[str, Any], name: str, *, default: bool) -> bool:
+    value = data.get(name, default)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{name} must be true or false")
+    return value
+
+
+def int_param(request: HttpRequest, name: str, *, default: int | None, lo: int, hi: int) -> int | None:
+    raw = request.GET.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer") from None
+    if not lo <= value <= hi:
+        raise BadRequest(f"{name} must be between {lo} and {hi}")
+    return value

@@ -1,0 +1,34 @@
+"""JSON answers for Django's own 404 and CSRF failures under /api/."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse
+from django.views import defaults
+from django.views.csrf import csrf_failure as html_csrf_failure
+
+from web.api import error_response
+from web.errors import ApiError, Forbidden, NotFound
+
+
+def _is_api(request: HttpRequest) -> bool:
+    return request.path.startswith("/api/")
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if _is_api(request):
+        return error_response(NotFound(f"no endpoint {request.path}"))
+    return defaults.page_not_found(request, exception or Exception())
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    if _is_api(request):
+        return error_response(ApiError("internal error", code="internal", status=500))
+    return defaults.server_error(request)
+
+
+def csrf_failure(request: HttpRequest, reason: str = "", **kwargs: Any) -> HttpResponse:
+    if _is_api(request):
+        return error_response(Forbidden(f"CSRF check failed: {reason}"))
+    return html_csrf_failure(request, reason=reason, **kwargs)
