@@ -52,5 +52,5 @@ class TokenOrOriginMiddleware(BaseMiddleware):  # type: ignore[misc]  # channels
         return await super().__call__(scope, receive, send)
 
 
-def WebsocketAuthStack(inner: Any) -> Any:  # noqa: N802 -- named like Channels' AuthMiddlewareStack
+def WebsocketAuthStack(inner: Any) -> Any:
     return AuthMiddlewareStack(TokenOrOriginMiddleware(inner))

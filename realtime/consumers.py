@@ -29,7 +29,6 @@ from web.models import Room
 logger = logging.getLogger(__name__)
 
 CLOSE_TOO_LARGE = 1009
-CLOSE_SESSION_ENDED = 4001
 
 send_message = database_sync_to_async(do_send_message)
 
@@ -155,9 +154,6 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             await self.send(
                 protocol.dumps({"type": "unsubscribed", "room": event["room"], "reason": "removed"})
             )
-
-    async def session_ended(self, event: dict[str, Any]) -> None:
-        await self.close(code=CLOSE_SESSION_ENDED)
 
     # Helpers.
 

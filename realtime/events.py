@@ -46,8 +46,3 @@ def send_message(room_id: int, seq: int, frame: dict[str, Any]) -> None:
 def send_room_revoked(user_id: Any, room_id: int, slug: str) -> None:
     """Tell the user's sockets they lost access to a room (`room.revoked`)."""
     _group_send(user_group(user_id), {"type": "room.revoked", "room_id": room_id, "room": slug})
-
-
-def send_session_ended(user_id: Any) -> None:
-    """Close the user's sockets: logged out, deactivated or token revoked (`session.ended`)."""
-    _group_send(user_group(user_id), {"type": "session.ended"})

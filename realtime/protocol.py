@@ -69,9 +69,7 @@ def parse(text: str) -> Command:
 def _command(data: dict[str, Any], ref: str | None) -> Command:
     kind = data.get("type")
     if kind == "publish":
-        return Publish(
-            ref, _room(data), _str(data, "body"), _str(data, "client_msg_id")
-        )
+        return Publish(ref, _room(data), _str(data, "body"), _str(data, "client_msg_id"))
     if kind == "subscribe":
         since = data.get("since")
         if since is not None and not (

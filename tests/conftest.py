@@ -5,7 +5,8 @@ Charlie belongs to nothing: he should have no access to Alice's private rooms.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from realtime import events
 postgresql_proc = pg_factories.postgresql_proc(
     port=None, executable=str(Path(__file__).parent / "bin" / "pg_ctl")
 )
-redis_proc = redis_factories.redis_proc(port=None)
+redis_proc = redis_factories.redis_proc(port=None)  # type: ignore[arg-type]  # None: any free port, per its docs
 
 
 @pytest.fixture(scope="session")
@@ -51,19 +52,31 @@ def charlie(db: None) -> Any:
     return _user("charlie")
 
 
-class CapturedEvents(list[tuple[str, dict[str, Any]]]):
-    """The (group, event) pairs actions broadcast."""
+Captured = list[tuple[str, dict[str, Any]]]
+CaptureEvents = Callable[[int], AbstractContextManager[Captured]]
 
 
 @pytest.fixture
-def capture_events(monkeypatch: pytest.MonkeyPatch) -> Iterator[CapturedEvents]:
-    """Record every event an action broadcasts, still sending it through the real layer."""
-    captured = CapturedEvents()
-    real = events._group_send
+def capture_events(
+    monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any
+) -> CaptureEvents:
+    """Like Zulip's capture_send_event_calls: record the (group, event) pairs that actions
+    broadcast inside the block, still sending them through the real channel layer, and
+    check how many there were. on_commit callbacks run when the block ends."""
 
-    def recording(group: str, event: dict[str, Any]) -> None:
-        captured.append((group, event))
-        real(group, event)
+    @contextmanager
+    def capture(expected_num_events: int) -> Iterator[Captured]:
+        captured: Captured = []
+        real = events._group_send
 
-    monkeypatch.setattr(events, "_group_send", recording)
-    yield captured
+        def recording(group: str, event: dict[str, Any]) -> None:
+            captured.append((group, event))
+            real(group, event)
+
+        monkeypatch.setattr(events, "_group_send", recording)
+        with django_capture_on_commit_callbacks(execute=True):
+            yield captured
+        monkeypatch.setattr(events, "_group_send", real)
+        assert len(captured) == expected_num_events, captured
+
+    return capture

@@ -4,25 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import Exists, OuterRef, Subquery
 
 from web.errors import Forbidden, NotFound
 from web.models import Membership, Message, Room
 
 
-async def aget_room_for_user(user: AbstractBaseUser, slug: str) -> Room:
+async def aget_room_for_user(user: User, slug: str) -> Room:
     """The room if the user may read and write it; NotFound or Forbidden otherwise."""
     member = Membership.objects.filter(room=OuterRef("pk"), user_id=user.pk)
     room = await Room.objects.annotate(is_member=Exists(member)).filter(slug=slug).afirst()
     if room is None:
         raise NotFound(f"no room {slug!r}")
-    if room.private and not room.is_member:  # type: ignore[attr-defined]  # annotated above
+    if room.private and not room.is_member:
         raise Forbidden(f"you are not a member of {slug!r}")
     return room
 
 
-async def arooms_for_user(user: AbstractBaseUser) -> list[dict[str, Any]]:
+async def arooms_for_user(user: User) -> list[dict[str, Any]]:
     """The rooms the user can see, with last_seq and unread count, in one query."""
     member = Membership.objects.filter(room=OuterRef("pk"), user_id=user.pk)
     rooms = (
@@ -35,13 +35,13 @@ async def arooms_for_user(user: AbstractBaseUser) -> list[dict[str, Any]]:
     )
     result = []
     async for room in rooms:
-        read = room.last_read_seq or 0  # type: ignore[attr-defined]
+        read = room.last_read_seq or 0
         result.append(
             {
                 **room_json(room),
-                "member": room.is_member,  # type: ignore[attr-defined]
+                "member": room.is_member,
                 # seqs are gap-free, so the unread count is a subtraction, not a COUNT(*).
-                "unread": max(room.last_seq - read, 0) if room.is_member else 0,  # type: ignore[attr-defined]
+                "unread": max(room.last_seq - read, 0) if room.is_member else 0,
             }
         )
     return result

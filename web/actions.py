@@ -12,9 +12,8 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 
 from realtime import events
 from web.errors import BadRequest, Conflict, Forbidden, NotFound, TooLarge
@@ -53,12 +52,12 @@ def check_client_msg_id(client_msg_id: str) -> str:
     return client_msg_id
 
 
-def check_owner(user: AbstractBaseUser, room: Room) -> None:
+def check_owner(user: User, room: Room) -> None:
     if room.owner_id != user.pk:
         raise Forbidden("only the room's owner can do that")
 
 
-def do_create_room(owner: AbstractBaseUser, slug: str, title: str, private: bool) -> Room:
+def do_create_room(owner: User, slug: str, title: str, private: bool) -> Room:
     slug = check_room_slug(slug)
     title = check_room_title(title)
     try:
@@ -70,14 +69,14 @@ def do_create_room(owner: AbstractBaseUser, slug: str, title: str, private: bool
     return room
 
 
-def do_add_member(acting: AbstractBaseUser, room: Room, username: str) -> Membership:
+def do_add_member(acting: User, room: Room, username: str) -> Membership:
     check_owner(acting, room)
     user = _get_active_user(username)
     membership, _ = Membership.objects.get_or_create(user=user, room=room)
     return membership
 
 
-def do_remove_member(acting: AbstractBaseUser, room: Room, username: str) -> None:
+def do_remove_member(acting: User, room: Room, username: str) -> None:
     check_owner(acting, room)
     user = _get_active_user(username)
     if user.pk == room.owner_id:
@@ -99,9 +98,7 @@ class SentMessage:
     frame: dict[str, Any]
 
 
-def do_send_message(
-    sender: AbstractBaseUser, room: Room, body: str, client_msg_id: str
-) -> SentMessage:
+def do_send_message(sender: User, room: Room, body: str, client_msg_id: str) -> SentMessage:
     """Store a message with the room's next seq, then broadcast it after commit.
 
     A retry with the same client_msg_id by the same sender returns the stored
@@ -135,16 +132,14 @@ def do_send_message(
     return SentMessage(message, True, frame)
 
 
-def do_mark_read(user: AbstractBaseUser, room: Room, seq: int) -> int:
+def do_mark_read(user: User, room: Room, seq: int) -> int:
     """Move the user's read marker forward (never back) and return it."""
     if seq < 0:
         raise BadRequest("seq must be >= 0")
     seq = min(seq, room.last_seq)
     membership, _ = Membership.objects.get_or_create(user=user, room=room)
     if seq > membership.last_read_seq:
-        Membership.objects.filter(pk=membership.pk, last_read_seq__lt=seq).update(
-            last_read_seq=seq
-        )
+        Membership.objects.filter(pk=membership.pk, last_read_seq__lt=seq).update(last_read_seq=seq)
         membership.last_read_seq = seq
     return membership.last_read_seq
 
@@ -158,10 +153,6 @@ def do_issue_token(username: str, *, create: bool = False, name: str = "") -> st
         user = _get_active_user(username)
     _, raw = ApiToken.objects.issue(user, name=name)
     return raw
-
-
-def do_revoke_token(token: ApiToken) -> None:
-    ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
 
 
 def _get_active_user(username: str) -> Any:

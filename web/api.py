@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -18,7 +18,7 @@ from web.errors import ApiError, BadRequest, TooLarge, Unavailable
 
 logger = logging.getLogger(__name__)
 
-View = Callable[..., Awaitable[HttpResponse]]
+View = Callable[..., Coroutine[Any, Any, HttpResponse]]
 
 
 def json_response(data: Any, status: int = 200) -> HttpResponse:
@@ -86,7 +86,9 @@ def bool_field(data: dict[str, Any], name: str, *, default: bool) -> bool:
     return value
 
 
-def int_param(request: HttpRequest, name: str, *, default: int | None, lo: int, hi: int) -> int | None:
+def int_param(
+    request: HttpRequest, name: str, *, default: int | None, lo: int, hi: int
+) -> int | None:
     raw = request.GET.get(name)
     if raw is None:
         return default

@@ -11,10 +11,10 @@ from django.db import connection, models
 from django.db.models import Exists, OuterRef, Q
 
 if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser
+    from django.contrib.auth.models import User
 
 
-TOKEN_PREFIX = "ct_"
+TOKEN_PREFIX = "ct_"  # noqa: S105 -- a marker that makes leaked tokens greppable, not a secret
 
 
 def hash_token(raw: str) -> str:
@@ -23,7 +23,7 @@ def hash_token(raw: str) -> str:
 
 
 class ApiTokenManager(models.Manager["ApiToken"]):
-    def issue(self, user: AbstractBaseUser, name: str = "") -> tuple[ApiToken, str]:
+    def issue(self, user: User, name: str = "") -> tuple[ApiToken, str]:
         """Create a token and return it with its raw value, which is never stored."""
         raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
         token = self.create(user=user, key_hash=hash_token(raw), name=name)
@@ -53,11 +53,10 @@ class ApiToken(models.Model):
 
 
 class RoomManager(models.Manager["Room"]):
-    def visible_to(self, user: AbstractBaseUser) -> models.QuerySet[Room]:
+    def visible_to(self, user: User) -> models.QuerySet[Room]:
         """Public rooms and the private rooms the user belongs to."""
         member = Membership.objects.filter(room=OuterRef("pk"), user=user)
         return self.filter(Q(private=False) | Exists(member))
-
 
     def take_next_seq(self, room_id: int) -> int:
         """Increment the room's last_seq and return it; the row stays locked until commit."""
@@ -115,7 +114,9 @@ class Membership(models.Model):
 
 class MessageManager(models.Manager["Message"]):
     def find_retry(self, room_id: int, sender_id: Any, client_msg_id: str) -> Message | None:
-        return self.filter(room_id=room_id, sender_id=sender_id, client_msg_id=client_msg_id).first()
+        return self.filter(
+            room_id=room_id, sender_id=sender_id, client_msg_id=client_msg_id
+        ).first()
 
     def page_after(self, room_id: int, after: int, limit: int) -> models.QuerySet[Message]:
         return (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from channels.db import database_sync_to_async
+from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import ensure_csrf_cookie
 
@@ -34,7 +34,7 @@ async def rooms(request: HttpRequest, user: Any) -> HttpResponse:
     if request.method == "GET":
         return json_response({"rooms": await arooms_for_user(user)})
     data = json_body(request)
-    room = await database_sync_to_async(actions.do_create_room)(
+    room = await sync_to_async(actions.do_create_room)(
         user,
         str_field(data, "slug"),
         str_field(data, "title", default=str(data.get("slug", ""))),
@@ -49,9 +49,9 @@ async def members(request: HttpRequest, user: Any, slug: str, username: str = ""
     if not username:
         username = str_field(json_body(request), "username")
     if request.method == "POST":
-        await database_sync_to_async(actions.do_add_member)(user, room, username)
+        await sync_to_async(actions.do_add_member)(user, room, username)
         return json_response({"room": room.slug, "username": username}, status=201)
-    await database_sync_to_async(actions.do_remove_member)(user, room, username)
+    await sync_to_async(actions.do_remove_member)(user, room, username)
     return HttpResponse(status=204)
 
 
@@ -60,7 +60,7 @@ async def messages(request: HttpRequest, user: Any, slug: str) -> HttpResponse:
     room = await aget_room_for_user(user, slug)
     if request.method == "POST":
         data = json_body(request)
-        sent = await database_sync_to_async(actions.do_send_message)(
+        sent = await sync_to_async(actions.do_send_message)(
             user, room, str_field(data, "body"), str_field(data, "client_msg_id")
         )
         return json_response(sent.frame, status=201 if sent.created else 200)
@@ -93,7 +93,7 @@ async def mark_read(request: HttpRequest, user: Any, slug: str) -> HttpResponse:
     seq = json_body(request).get("seq")
     if not isinstance(seq, int) or isinstance(seq, bool):
         raise BadRequest("seq must be an integer")
-    marker = await database_sync_to_async(actions.do_mark_read)(user, room, seq)
+    marker = await sync_to_async(actions.do_mark_read)(user, room, seq)
     return json_response({"room": room.slug, "last_read_seq": marker})
 
 

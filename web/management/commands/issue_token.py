@@ -20,7 +20,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            raw = do_issue_token(options["username"], create=options["create"], name=options["name"])
+            raw = do_issue_token(
+                options["username"], create=options["create"], name=options["name"]
+            )
         except NotFound as error:
             raise CommandError(f"{error.message} (pass --create to create it)") from None
         self.stdout.write(raw)

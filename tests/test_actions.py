@@ -1,0 +1,187 @@
+"""Actions: validation, gap-free seqs, idempotent publishes and the events they emit."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import orjson
+import pytest
+from django.db import connection
+
+from tests.conftest import CaptureEvents
+from web import actions
+from web.errors import BadRequest, Conflict, Forbidden, NotFound, TooLarge
+from web.models import ApiToken, Membership, Message, Room
+
+
+@pytest.fixture
+def room(alice: Any) -> Room:
+    return actions.do_create_room(alice, "den", "Alice's den", private=True)
+
+
+def test_create_room_makes_the_creator_its_owner(room: Room, alice: Any) -> None:
+    assert room.owner == alice
+    assert Membership.objects.get(room=room, user=alice).role == "owner"
+
+
+def test_it_rejects_a_taken_slug(room: Room, bob: Any) -> None:
+    with pytest.raises(Conflict):
+        actions.do_create_room(bob, "den", "Another den", private=False)
+
+
+@pytest.mark.parametrize("slug", ["", "Den", "den!", "-den", "den-", "a" * 51, "dén"])
+def test_it_rejects_an_invalid_slug(alice: Any, slug: str) -> None:
+    with pytest.raises(BadRequest):
+        actions.do_create_room(alice, slug, "title", private=False)
+    assert not Room.objects.filter(slug=slug).exists()
+
+
+def test_it_assigns_gap_free_seqs(room: Room, alice: Any) -> None:
+    seqs = [actions.do_send_message(alice, room, f"m{i}", f"c{i}").message.seq for i in range(5)]
+    assert seqs == [1, 2, 3, 4, 5]
+    room.refresh_from_db()
+    assert room.last_seq == 5
+
+
+def test_it_stores_a_retried_publish_once(
+    room: Room, alice: Any, capture_events: CaptureEvents
+) -> None:
+    with capture_events(1):
+        first = actions.do_send_message(alice, room, "hello", "same-id")
+        again = actions.do_send_message(alice, room, "hello again", "same-id")
+    assert first.created
+    assert not again.created
+    assert again.message.seq == first.message.seq == 1
+    assert again.message.body == "hello"
+    assert Message.objects.filter(room=room).count() == 1
+
+
+def test_the_same_client_msg_id_from_two_senders_is_two_messages(alice: Any, bob: Any) -> None:
+    general = Room.objects.get(slug="general")
+    a = actions.do_send_message(alice, general, "hi", "dup")
+    b = actions.do_send_message(bob, general, "hi", "dup")
+    assert (a.message.seq, b.message.seq) == (1, 2)
+
+
+@pytest.mark.parametrize(
+    ("body", "client_msg_id", "error"),
+    [
+        ("", "ok", BadRequest),
+        ("   \n", "ok", BadRequest),
+        ("x" * 4001, "ok", TooLarge),
+        ("fine", "", BadRequest),
+        ("fine", "has space", BadRequest),
+        ("fine", "x" * 65, BadRequest),
+    ],
+)
+def test_it_stores_nothing_for_bad_input(
+    room: Room,
+    alice: Any,
+    capture_events: CaptureEvents,
+    body: str,
+    client_msg_id: str,
+    error: type[Exception],
+) -> None:
+    with capture_events(0), pytest.raises(error):
+        actions.do_send_message(alice, room, body, client_msg_id)
+    room.refresh_from_db()
+    assert room.last_seq == 0
+    assert not Message.objects.exists()
+
+
+def test_a_body_of_exactly_4000_characters_is_stored(room: Room, alice: Any) -> None:
+    assert actions.do_send_message(alice, room, "x" * 4000, "max").created
+
+
+def test_publishing_broadcasts_one_event_after_commit(
+    room: Room, alice: Any, capture_events: CaptureEvents
+) -> None:
+    with capture_events(1) as captured:
+        sent = actions.do_send_message(alice, room, "<b>hi</b>", "c1")
+        # Nothing is broadcast before the transaction commits.
+        assert captured == []
+    [(group, event)] = captured
+    assert group == f"room.{room.pk}"
+    assert (event["type"], event["room_id"], event["seq"]) == ("chat.message", room.pk, 1)
+    assert orjson.loads(event["text"]) == sent.frame
+
+
+def test_publishing_to_a_public_room_joins_it(alice: Any) -> None:
+    general = Room.objects.get(slug="general")
+    actions.do_send_message(alice, general, "hi", "c1")
+    assert Membership.objects.filter(room=general, user=alice).exists()
+
+
+def test_only_the_owner_adds_members(room: Room, alice: Any, bob: Any, charlie: Any) -> None:
+    with pytest.raises(Forbidden):
+        actions.do_add_member(bob, room, "charlie")
+    actions.do_add_member(alice, room, "bob")
+    assert Membership.objects.filter(room=room, user=bob).exists()
+    with pytest.raises(NotFound):
+        actions.do_add_member(alice, room, "nobody")
+
+
+def test_removing_a_member_revokes_their_sockets(
+    room: Room, alice: Any, bob: Any, capture_events: CaptureEvents
+) -> None:
+    actions.do_add_member(alice, room, "bob")
+    with capture_events(1) as captured:
+        actions.do_remove_member(alice, room, "bob")
+    assert not Membership.objects.filter(room=room, user=bob).exists()
+    assert captured == [
+        (f"user.{bob.pk}", {"type": "room.revoked", "room_id": room.pk, "room": "den"})
+    ]
+    with pytest.raises(NotFound):
+        actions.do_remove_member(alice, room, "bob")
+    with pytest.raises(BadRequest):
+        actions.do_remove_member(alice, room, "alice")
+
+
+def test_mark_read_only_moves_forward(room: Room, alice: Any) -> None:
+    for i in range(3):
+        actions.do_send_message(alice, room, "m", f"c{i}")
+    room.refresh_from_db()
+    assert actions.do_mark_read(alice, room, 2) == 2
+    assert actions.do_mark_read(alice, room, 1) == 2
+    assert actions.do_mark_read(alice, room, 99) == 3
+
+
+def test_issue_token_stores_only_a_hash(alice: Any) -> None:
+    raw = actions.do_issue_token("alice")
+    token = ApiToken.objects.get(user=alice)
+    assert raw.startswith("ct_")
+    assert raw not in token.key_hash
+    with pytest.raises(NotFound):
+        actions.do_issue_token("nobody")
+    actions.do_issue_token("newcomer", create=True)
+    assert ApiToken.objects.filter(user__username="newcomer").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_publishers_get_distinct_gap_free_seqs() -> None:
+    from django.contrib.auth import get_user_model
+
+    users = [get_user_model().objects.create_user(f"writer{i}") for i in range(4)]
+    room = Room.objects.create(slug="race", title="race")
+    seqs: list[int] = []
+    lock = threading.Lock()
+
+    def publish(user: Any) -> None:
+        try:
+            for i in range(25):
+                seq = actions.do_send_message(user, room, "m", f"{user.pk}-{i}").message.seq
+                with lock:
+                    seqs.append(seq)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=publish, args=(u,)) for u in users]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(seqs) == list(range(1, 101))
+    assert list(
+        Message.objects.filter(room=room).order_by("seq").values_list("seq", flat=True)
+    ) == (list(range(1, 101)))
