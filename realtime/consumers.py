@@ -1,16 +1,19 @@
 """The /ws/ consumer: authenticate, parse, call an action or a read helper, send frames.
 
-Resume guarantee: a subscription joins the room's group *before* it reads the
-room's last_seq, so nothing published after that read can be missed; frames
-are sent in seq order and each at most once, because every subscription tracks
-the last seq it sent, drops anything at or below it and fills any hole from the
-database before it sends the next live message.
+Resume guarantee: a subscription joins the process's fan-out for the room
+(realtime/fanout.py) *before* it reads the room's last_seq, so nothing
+published after that read can be missed. Each subscription tracks the last seq
+it sent: the fan-out writes only the next seq to an in-sync socket; anything
+else (a backfill in progress, a hole, a socket too slow to keep up) is caught
+up here from the database, in order, before the socket goes live again.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -19,8 +22,10 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from realtime import protocol
-from realtime.groups import room_group, user_group
+from realtime.fanout import Subscription, get_fanout
+from realtime.groups import user_group
 from realtime.protocol import Ping, Publish, Subscribe, Unsubscribe
+from realtime.wire import writer_for
 from web.access import aget_room_for_user, alast_seq, amessages_after
 from web.actions import do_send_message
 from web.errors import ApiError, Unavailable
@@ -33,17 +38,18 @@ CLOSE_TOO_LARGE = 1009
 send_message = database_sync_to_async(do_send_message)
 
 
-@dataclass(slots=True)
-class Subscription:
+@dataclass(slots=True, eq=False)
+class RoomSub:
     room: Room
-    last_sent: int
+    sub: Subscription
+    catch_up: asyncio.Task[None] | None = field(default=None)
 
 
 class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is untyped
     async def connect(self) -> None:
         """Called when a WebSocket connection is opened: authenticate, then accept."""
         user = self.scope.get("user")
-        self.subs: dict[int, Subscription] = {}
+        self.subs: dict[int, RoomSub] = {}
         if user is None or not user.is_authenticated:
             # Closing before accept makes the server answer the handshake with HTTP 403.
             await self.close()
@@ -51,14 +57,14 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         self.user = user
         await self.channel_layer.group_add(user_group(user.pk), self.channel_name)
         await self.accept()
+        self.writer = writer_for(self.base_send)
 
     async def disconnect(self, code: int) -> None:
+        for room_id in list(self.subs):
+            self._drop(room_id)
         user = getattr(self, "user", None)
-        if user is None:
-            return
-        for room_id in self.subs:
-            await self.channel_layer.group_discard(room_group(room_id), self.channel_name)
-        await self.channel_layer.group_discard(user_group(user.pk), self.channel_name)
+        if user is not None:
+            await self.channel_layer.group_discard(user_group(user.pk), self.channel_name)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if text_data is None:
@@ -102,89 +108,112 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
 
     async def subscribe(self, command: Subscribe) -> None:
         room = await aget_room_for_user(self.user, command.room)
-        # Join first, then read last_seq: whatever commits after the read arrives live.
-        await self.channel_layer.group_add(room_group(room.pk), self.channel_name)
-        sub = Subscription(room, 0)
-        self.subs[room.pk] = sub
+        self._drop(room.pk)  # subscribing again restarts from the new `since`
+        entry = RoomSub(room, Subscription(room.pk, self.writer, self._behind))
+        self.subs[room.pk] = entry
         try:
+            # Join first, then read last_seq: whatever commits after the read is seen.
+            await get_fanout().join(entry.sub)
             last_seq = await alast_seq(room.pk)
-            if command.since is None:
-                sub.last_sent = last_seq
-            else:
-                sub.last_sent = min(command.since, last_seq)
-                await self._send_backfill(sub, last_seq)
+            since = last_seq if command.since is None else min(command.since, last_seq)
+            entry.sub.last_sent = since
+            await self._send_backfill(entry, last_seq)
         except BaseException:
-            await self._drop(room.pk)
+            self._drop(room.pk)
             raise
         await self.send(
             protocol.dumps(
                 {"type": "subscribed", "ref": command.ref, "room": room.slug, "last_seq": last_seq}
             )
         )
+        await self._catch_up(entry, check_database=False)
 
     async def unsubscribe(self, command: Unsubscribe) -> None:
-        room = next((s.room for s in self.subs.values() if s.room.slug == command.room), None)
-        if room is not None:
-            await self._drop(room.pk)
+        entry = next((e for e in self.subs.values() if e.room.slug == command.room), None)
+        if entry is not None:
+            self._drop(entry.room.pk)
         await self.send(
             protocol.dumps({"type": "unsubscribed", "ref": command.ref, "room": command.room})
         )
 
     # Channel-layer event handlers: named after the event type, they only send.
 
-    async def chat_message(self, event: dict[str, Any]) -> None:
-        sub = self.subs.get(event["room_id"])
-        seq = event["seq"]
-        if sub is None or seq <= sub.last_sent:
-            return  # not subscribed, or already sent by the backfill
-        if seq > sub.last_sent + 1:
-            # Broadcasts from different processes can overtake each other, or one was
-            # dropped; everything below a committed seq is already in the database.
-            try:
-                await self._send_backfill(sub, seq - 1)
-            except DatabaseError:
-                await self._resync(sub)
-                return
-        await self.send(event["text"])
-        sub.last_sent = seq
-
     async def room_revoked(self, event: dict[str, Any]) -> None:
         if event["room_id"] in self.subs:
-            await self._drop(event["room_id"])
+            self._drop(event["room_id"])
             await self.send(
                 protocol.dumps({"type": "unsubscribed", "room": event["room"], "reason": "removed"})
             )
+
+    # Catching up.
+
+    def _behind(self, sub: Subscription) -> None:
+        """The fan-out stopped writing to `sub` (a hole, or too slow): catch up in a task."""
+        entry = self.subs.get(sub.room_id)
+        if entry is None or entry.sub is not sub:
+            return
+        # A fresh context: the fan-out may run inside another task's (or, with the local
+        # backend, a sync_to_async thread's) context, which asgiref would read as nesting.
+        entry.catch_up = asyncio.get_running_loop().create_task(
+            self._catch_up_or_resync(entry), context=contextvars.Context()
+        )
+
+    async def _catch_up_or_resync(self, entry: RoomSub) -> None:
+        try:
+            await self._catch_up(entry, check_database=True)
+        except DatabaseError:
+            logger.warning("cannot catch up %s; asking the client to resync", entry.room.slug)
+            self._drop(entry.room.pk)
+            await self.send(
+                protocol.dumps(
+                    {"type": "resync", "room": entry.room.slug, "last_seq": entry.sub.last_sent}
+                )
+            )
+
+    async def _catch_up(self, entry: RoomSub, *, check_database: bool) -> None:
+        """Send from the database what the fan-out did not, then go live."""
+        sub = entry.sub
+        if check_database:
+            # After a lost feed nothing says how far behind we are; the database does.
+            sub.max_seen = max(sub.max_seen, await alast_seq(entry.room.pk))
+        while sub.max_seen > sub.last_sent:
+            before = sub.last_sent
+            await self._send_backfill(entry, sub.max_seen)
+            if sub.last_sent == before:
+                raise DatabaseError(f"seq {before + 1} is missing from the database")
+        # No await between the check and this line: nothing can slip past.
+        sub.live = True
+
+    async def _send_backfill(self, entry: RoomSub, up_to: int) -> None:
+        """Send the messages after sub.last_sent up to seq `up_to`, in order."""
+        sub = entry.sub
+        while sub.last_sent < up_to:
+            limit = min(settings.BACKFILL_BATCH, up_to - sub.last_sent)
+            frames = await amessages_after(entry.room, sub.last_sent, limit)
+            if not frames:
+                break
+            for frame in frames:
+                # An ASGI send waits while the socket's buffer is full: a slow reader
+                # paces its own catch-up, and nothing piles up in memory.
+                await self.send(protocol.dumps(frame))
+                sub.last_sent = frame["seq"]
 
     # Helpers.
 
     async def _room(self, slug: str) -> Room:
         # A subscribed room was access-checked at subscribe; losing access pushes room.revoked.
-        for sub in self.subs.values():
-            if sub.room.slug == slug:
-                return sub.room
+        for entry in self.subs.values():
+            if entry.room.slug == slug:
+                return entry.room
         return await aget_room_for_user(self.user, slug)
 
-    async def _send_backfill(self, sub: Subscription, up_to: int) -> None:
-        """Send the messages after sub.last_sent up to seq `up_to`, in order."""
-        while sub.last_sent < up_to:
-            limit = min(settings.BACKFILL_BATCH, up_to - sub.last_sent)
-            frames = await amessages_after(sub.room, sub.last_sent, limit)
-            if not frames:
-                break
-            for frame in frames:
-                await self.send(protocol.dumps(frame))
-                sub.last_sent = frame["seq"]
-
-    async def _resync(self, sub: Subscription) -> None:
-        """Drop a subscription the server cannot keep gap-free; the client resubscribes."""
-        await self._drop(sub.room.pk)
-        await self.send(
-            protocol.dumps({"type": "resync", "room": sub.room.slug, "last_seq": sub.last_sent})
-        )
-
-    async def _drop(self, room_id: int) -> None:
-        self.subs.pop(room_id, None)
-        await self.channel_layer.group_discard(room_group(room_id), self.channel_name)
+    def _drop(self, room_id: int) -> None:
+        entry = self.subs.pop(room_id, None)
+        if entry is None:
+            return
+        get_fanout().leave(entry.sub)
+        if entry.catch_up is not None and entry.catch_up is not asyncio.current_task():
+            entry.catch_up.cancel()
 
 
 def _too_large(text: str) -> bool:

@@ -13,6 +13,7 @@ import orjson
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
+from realtime import fanout
 from realtime.groups import room_group, user_group
 
 logger = logging.getLogger(__name__)
@@ -31,16 +32,29 @@ def _group_send(group: str, event: dict[str, Any]) -> None:
 
 
 def send_message(room_id: int, seq: int, frame: dict[str, Any]) -> None:
-    """Broadcast a stored message (`chat.message`) to the room's subscribers."""
-    _group_send(
-        room_group(room_id),
-        {
-            "type": "chat.message",
-            "room_id": room_id,
-            "seq": seq,
-            "text": orjson.dumps(frame).decode(),
-        },
-    )
+    """Broadcast a stored message to the room's subscribers in every process.
+
+    Room messages take the fan-out path (realtime/fanout.py: one Redis PUBLISH,
+    decoded once per process) rather than a channel-layer group_send, which
+    works per member.
+    """
+    event = {
+        "type": "chat.message",
+        "room_id": room_id,
+        "seq": seq,
+        "text": orjson.dumps(frame).decode(),
+    }
+    _publish(room_group(room_id), event)
+
+
+def _publish(group: str, event: dict[str, Any]) -> None:
+    try:
+        fanout.publish(event["room_id"], event["seq"], event["text"])
+    except Exception:
+        # The message is committed; subscribers fill the gap from the database on the
+        # next message or after the feed reconnects. A broadcast failure must not fail
+        # the publish.
+        logger.exception("broadcast to %s failed", group)
 
 
 def send_room_revoked(user_id: Any, room_id: int, slug: str) -> None:

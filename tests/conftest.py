@@ -67,16 +67,21 @@ def capture_events(
     @contextmanager
     def capture(expected_num_events: int) -> Iterator[Captured]:
         captured: Captured = []
-        real = events._group_send
+        real = {name: getattr(events, name) for name in ("_group_send", "_publish")}
 
-        def recording(group: str, event: dict[str, Any]) -> None:
-            captured.append((group, event))
-            real(group, event)
+        def recorder(name: str) -> Callable[[str, dict[str, Any]], None]:
+            def record(group: str, event: dict[str, Any]) -> None:
+                captured.append((group, event))
+                real[name](group, event)
 
-        monkeypatch.setattr(events, "_group_send", recording)
+            return record
+
+        for name in real:
+            monkeypatch.setattr(events, name, recorder(name))
         with django_capture_on_commit_callbacks(execute=True):
             yield captured
-        monkeypatch.setattr(events, "_group_send", real)
+        for name, function in real.items():
+            monkeypatch.setattr(events, name, function)
         assert len(captured) == expected_num_events, captured
 
     return capture

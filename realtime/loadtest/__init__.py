@@ -1,0 +1,6 @@
+"""The load generator `chat-loadtest` (docs/loadtest.md).
+
+__main__ parses the command line; coordinator forks worker processes and keeps
+them in step; worker drives its slice of the connections; client is one
+connection; report does the accounting; plot draws the PNG.
+"""

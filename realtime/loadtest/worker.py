@@ -1,0 +1,406 @@
+"""One load-test worker process: its slice of the connections, driven through the phases.
+
+The parent (`realtime.loadtest.run`) synchronises the workers over a pipe:
+
+    worker -> parent   ("tick", counters, recv_ms, latency_us)   every second
+    worker -> parent   ("ready",)                                 all its connections settled
+    parent -> worker   ("start", publish_start_ns, publish_end_ns)
+    worker -> parent   ("acked", {room: last acked seq})          publishing over, acks in
+    parent -> worker   ("final", {room: last acked seq}, drain_deadline_ns)
+    worker -> parent   ("result", WorkerResult)
+    parent -> worker   ("stop",)                                  at any time: wrap up now
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import os
+import secrets
+import signal
+import socket
+import ssl
+import time
+from array import array
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection as Pipe
+from typing import Any
+
+from websockets.uri import WebSocketURI, parse_uri
+
+from realtime.loadtest.client import Connection, Phase, Role
+from realtime.loadtest.config import Config
+from realtime.loadtest.report import Correctness, Counters
+
+monotonic_ns = time.monotonic_ns
+TICK_SECONDS = 1.0
+DRAIN_POLL_SECONDS = 0.1
+
+
+@dataclass
+class WorkerResult:
+    counters: Counters
+    correctness: Correctness
+    recv_ms: bytes
+    latency_us: bytes
+    ack_us: bytes
+    connect_us: bytes
+    failures: dict[str, int] = field(default_factory=dict)
+
+
+class Worker:
+    def __init__(self, config: Config, index: int, pipe: Pipe, t0_ns: int) -> None:
+        self.config = config
+        self.index = index
+        self.pipe = pipe
+        self.t0_ns = t0_ns
+        self.run_id = secrets.token_hex(4)
+        self.counters = Counters()
+        self.correctness = Correctness()
+        self.failures: dict[str, int] = {}
+        # Samples since the last tick; shipped to the parent and started afresh.
+        self.recv_ms = array("i")
+        self.latency_us = array("i")
+        self.ack_us = array("i")
+        self.connect_us = array("i")
+        self.outstanding: dict[str, int] = {}
+        self.last_acked: dict[str, int] = {}
+        self.subscribers: list[Connection] = []
+        self.publishers: list[Connection] = []
+        self.pending = 0  # launched, neither ready nor failed
+        self.settled: asyncio.Future[None] | None = None
+        self.commands: dict[str, asyncio.Future[tuple[Any, ...] | None]] = {}
+        self.acks_in: asyncio.Event | None = None  # set once nothing is outstanding
+        self.stopped = False
+        self.closing = False
+
+    # Phases
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.pipe.fileno(), self._on_pipe)
+        ticker = loop.create_task(self._tick())
+        try:
+            await self._connect_all()
+            self._send(("ready",))
+            start = await self._command("start")
+            if start is not None:
+                await self._publish(start[1], start[2])
+                await self._await_acks(start[2] + int(self.config.drain * 1e9))
+            self._send(("acked", dict(self.last_acked)))
+            final = await self._command("final")
+            last_acked = final[1] if final is not None else dict(self.last_acked)
+            if final is not None:
+                await self._drain(last_acked, final[2])
+            self.closing = True
+            for conn in self.subscribers + self.publishers:
+                conn.close()
+            for conn in self.subscribers:
+                if conn.check is not None and conn.check.base is not None:
+                    self.correctness.add_stream(conn.check, last_acked.get(conn.room or "", 0))
+        finally:
+            ticker.cancel()
+            loop.remove_reader(self.pipe.fileno())
+        self._send(("result", self._result()))
+
+    async def _connect_all(self) -> None:
+        cfg, k, procs = self.config, self.index, self.config.procs
+        loop = asyncio.get_running_loop()
+        sub_uri, pub_uri = parse_uri(cfg.url), parse_uri(cfg.publish_url)
+        sub_addr, pub_addr = await _resolve(sub_uri), await _resolve(pub_uri)
+        tls = _tls_context(cfg.insecure) if sub_uri.secure or pub_uri.secure else None
+        plan: list[tuple[Connection, tuple[str, int]]] = []
+        tokens = cfg.tokens
+        for j in range(k, cfg.publishers, procs):
+            token = tokens[(cfg.connections + j) % len(tokens)] if tokens else None
+            conn = Connection(self, Role.PUBLISHER, pub_uri, token, None)
+            self.publishers.append(conn)
+            plan.append((conn, pub_addr))
+        for i in range(k, cfg.connections, procs):
+            token = tokens[i % len(tokens)] if tokens else None
+            conn = Connection(self, Role.SUBSCRIBER, sub_uri, token, cfg.rooms[i % len(cfg.rooms)])
+            self.subscribers.append(conn)
+            plan.append((conn, sub_addr))
+        self.settled = loop.create_future()
+        self.pending = len(plan)
+        if not plan:
+            return
+        interval = procs / cfg.connect_rate
+        started = loop.time()
+        tasks = set()
+        for n, (conn, addr) in enumerate(plan):
+            delay = started + n * interval - loop.time()
+            if delay > 0.002:  # sleeping for less is all overhead
+                await asyncio.sleep(delay)
+            if self.stopped:
+                break
+            task = loop.create_task(self._open(conn, addr, conn.uri, tls))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if self.stopped:
+            for conn, _ in plan:
+                if conn.phase is Phase.CONNECTING:
+                    conn.abort("stopped")
+        await self.settled
+        # Everything built so far lives to the end: keep the collector from rescanning it.
+        gc.freeze()
+
+    async def _open(
+        self,
+        conn: Connection,
+        addr: tuple[str, int],
+        uri: WebSocketURI,
+        tls: ssl.SSLContext | None,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        conn.started_ns = monotonic_ns()
+        conn.timer = loop.call_later(self.config.connect_timeout, conn.abort, "timeout")
+        try:
+            await loop.create_connection(
+                lambda: conn,
+                addr[0],
+                addr[1],
+                ssl=tls,
+                server_hostname=uri.host if tls else None,
+            )
+        except OSError as error:
+            if conn.phase is Phase.CONNECTING:
+                conn.phase = Phase.CLOSED
+                self.on_failed(conn, type(error).__name__)
+
+    async def _publish(self, start_ns: int, end_ns: int) -> None:
+        cfg = self.config
+        await self._sleep_until(start_ns)
+        pubs = [c for c in self.publishers if c.ready]
+        rate = cfg.rate * len(self.publishers) / cfg.publishers if cfg.publishers else 0.0
+        if rate <= 0 or not pubs:
+            await self._sleep_until(end_ns)
+            return
+        rooms, k, procs = cfg.rooms, self.index, cfg.procs
+        pad = "x" * max(0, cfg.body_size - 24)
+        n = 0
+        while not self.stopped:
+            now = monotonic_ns()
+            if now >= end_ns:
+                break
+            due = int((now - start_ns) * rate / 1e9) + 1
+            while n < due:
+                pub = pubs[n % len(pubs)]
+                if pub.phase is not Phase.OPEN:
+                    pubs.remove(pub)
+                    if not pubs:
+                        return
+                    continue
+                cmid = f"{self.run_id}-{k}-{n}"
+                sent = monotonic_ns()
+                pub.send(
+                    {
+                        "type": "publish",
+                        "ref": cmid,
+                        "room": rooms[(k + procs * n) % len(rooms)],
+                        "body": f"t={sent} {pad}",
+                        "client_msg_id": cmid,
+                    }
+                )
+                self.outstanding[cmid] = sent
+                self.counters.sent += 1
+                n += 1
+            next_due = start_ns + int(n * 1e9 / rate)
+            await asyncio.sleep(max(0.0, (next_due - monotonic_ns()) / 1e9))
+
+    async def _await_acks(self, deadline_ns: int) -> None:
+        if not self.outstanding or self.stopped:
+            return
+        self.acks_in = asyncio.Event()
+        # What is still outstanding at the deadline is reported as never acknowledged.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.acks_in.wait(), (deadline_ns - monotonic_ns()) / 1e9)
+
+    async def _drain(self, last_acked: dict[str, int], deadline_ns: int) -> None:
+        """Wait until every open subscription has every acknowledged seq, or the deadline."""
+        behind = self.subscribers
+        while not self.stopped and monotonic_ns() < deadline_ns:
+            behind = [
+                c
+                for c in behind
+                if c.phase is Phase.OPEN
+                and c.check is not None
+                and (c.check.holes or c.check.top < last_acked.get(c.room or "", 0))
+            ]
+            if not behind:
+                return
+            await asyncio.sleep(DRAIN_POLL_SECONDS)
+
+    # Callbacks from connections
+
+    def on_open(self, conn: Connection) -> None:
+        if conn.role is Role.SUBSCRIBER:
+            conn.send({"type": "subscribe", "ref": "s", "room": conn.room})
+        else:
+            self._ready(conn)
+
+    def on_subscribed(self, conn: Connection) -> None:
+        if not conn.ready:
+            self._ready(conn)
+
+    def _ready(self, conn: Connection) -> None:
+        conn.ready = True
+        if conn.timer is not None:
+            conn.timer.cancel()
+            conn.timer = None
+        self.connect_us.append((monotonic_ns() - conn.started_ns) // 1000)
+        self.counters.connections += 1
+        self._settle_one()
+
+    def on_failed(self, conn: Connection, reason: str) -> None:
+        self.counters.failed += 1
+        self.failures[reason] = self.failures.get(reason, 0) + 1
+        self._settle_one()
+
+    def _settle_one(self) -> None:
+        self.pending -= 1
+        if self.pending <= 0 and self.settled is not None and not self.settled.done():
+            self.settled.set_result(None)
+
+    def on_dropped(self, conn: Connection) -> None:
+        if not self.closing:
+            self.counters.connections -= 1
+            self.counters.dropped += 1
+
+    def on_server_close(self, conn: Connection, code: int) -> None:
+        if not self.closing:
+            self.counters.error(f"closed:{code}")
+
+    def on_ack(self, msg: dict[str, Any]) -> None:
+        sent = self.outstanding.pop(msg.get("client_msg_id", ""), None)
+        if sent is None:
+            return  # a retry's second ack, or not ours
+        if not self.outstanding and self.acks_in is not None:
+            self.acks_in.set()
+        self.counters.acked += 1
+        self.ack_us.append((monotonic_ns() - sent) // 1000)
+        room, seq = msg.get("room"), msg.get("seq")
+        if isinstance(room, str) and isinstance(seq, int) and seq > self.last_acked.get(room, 0):
+            self.last_acked[room] = seq
+
+    def on_error_frame(self, conn: Connection, msg: dict[str, Any]) -> None:
+        code = str(msg.get("code", "?"))
+        if conn.role is Role.SUBSCRIBER and not conn.ready:
+            conn.abort(f"subscribe: {code}")
+            return
+        self.outstanding.pop(msg.get("ref", ""), None)
+        if not self.outstanding and self.acks_in is not None:
+            self.acks_in.set()
+        self.counters.error(code)
+
+    def on_resync(self, conn: Connection) -> None:
+        """The server dropped the subscription: resubscribe from the last contiguous seq."""
+        self.correctness.resyncs += 1
+        check = conn.check
+        if check is not None:
+            since = min(check.holes) - 1 if check.holes else check.top
+            conn.send({"type": "subscribe", "ref": "r", "room": conn.room, "since": since})
+
+    def on_protocol_error(self, conn: Connection, what: str) -> None:
+        self.counters.error(what)
+
+    # Talking to the parent
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        self.pipe.send(message)
+
+    def _on_pipe(self) -> None:
+        try:
+            message = self.pipe.recv()
+        except EOFError:
+            message = ("stop",)  # the parent is gone
+        if message[0] == "stop":
+            self.stopped = True
+            for future in self.commands.values():
+                if not future.done():
+                    future.set_result(None)
+            if self.acks_in is not None:
+                self.acks_in.set()
+            if self.settled is not None and not self.settled.done():
+                self.settled.set_result(None)
+            return
+        future = self._future(message[0])
+        if not future.done():
+            future.set_result(message)
+
+    def _future(self, name: str) -> asyncio.Future[tuple[Any, ...] | None]:
+        if name not in self.commands:
+            self.commands[name] = asyncio.get_running_loop().create_future()
+        return self.commands[name]
+
+    async def _command(self, name: str) -> tuple[Any, ...] | None:
+        if self.stopped:
+            return None
+        return await self._future(name)
+
+    async def _sleep_until(self, when_ns: int) -> None:
+        while not self.stopped:
+            left = (when_ns - monotonic_ns()) / 1e9
+            if left <= 0:
+                return
+            await asyncio.sleep(min(left, 0.1))
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            recv, lat = self._take_samples()
+            self._send(("tick", self.counters, recv, lat))
+
+    def _take_samples(self) -> tuple[bytes, bytes]:
+        recv, lat = self.recv_ms.tobytes(), self.latency_us.tobytes()
+        self.recv_ms, self.latency_us = array("i"), array("i")
+        return recv, lat
+
+    def _result(self) -> WorkerResult:
+        recv, lat = self._take_samples()
+        return WorkerResult(
+            counters=self.counters,
+            correctness=self.correctness,
+            recv_ms=recv,
+            latency_us=lat,
+            ack_us=self.ack_us.tobytes(),
+            connect_us=self.connect_us.tobytes(),
+            failures=self.failures,
+        )
+
+
+async def _resolve(uri: WebSocketURI) -> tuple[str, int]:
+    """Resolve the host once, not once per connection."""
+    infos = await asyncio.get_running_loop().getaddrinfo(
+        uri.host, uri.port, type=socket.SOCK_STREAM
+    )
+    address = infos[0][4]
+    return str(address[0]), int(address[1])
+
+
+def _tls_context(insecure: bool) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def worker_main(config: Config, index: int, pipe: Pipe, t0_ns: int) -> None:
+    """The entry point of a worker process."""
+    # The parent handles Ctrl-C and tells the workers to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Fewer, larger collections: the run allocates millions of short-lived frames.
+    gc.set_threshold(50_000, 20, 100)
+    worker = Worker(config, index, pipe, t0_ns)
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # optional: uvicorn[standard] brings it, not every platform has it
+        runner = asyncio.Runner()
+    with runner:
+        runner.run(worker.run())
+    pipe.close()
+    os._exit(0)  # skip interpreter teardown of tens of thousands of objects

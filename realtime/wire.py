@@ -1,0 +1,94 @@
+"""Writing ready-made websocket frames to a socket without a per-recipient coroutine.
+
+The fan-out path encodes a message's frame once (server frames are unmasked,
+and permessage-deflate is off, so the bytes are the same for every socket) and
+writes those bytes straight to each transport, which is what a bare
+`websockets.broadcast` does. That needs uvicorn's websockets-sansio protocol,
+found behind the ASGI `send` callable. Any other server (daphne in `make run`,
+Channels' test communicator) gets the portable path: one ASGI send per
+recipient, scheduled in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+
+# Past this many bytes queued for one socket it is too slow to keep up.
+SLOW_BUFFER_BYTES = 512 * 1024
+SLOW_PENDING_SENDS = 256
+
+
+def text_frame(text: str) -> bytes:
+    """A complete unmasked text frame carrying `text`."""
+    return Frame(Opcode.TEXT, text.encode()).serialize(mask=False, extensions=[])
+
+
+class Writer(Protocol):
+    def write(self, frame: bytes, text: str) -> bool:
+        """Queue one message for the socket; False when the socket cannot keep up."""
+
+
+class DirectWriter:
+    """Writes frame bytes to a uvicorn websockets-sansio connection's transport."""
+
+    __slots__ = ("proto",)
+
+    def __init__(self, proto: Any):
+        self.proto = proto
+
+    def write(self, frame: bytes, text: str) -> bool:
+        proto = self.proto
+        transport = proto.transport
+        if proto.close_sent or proto.conn.state is not State.OPEN or transport.is_closing():
+            return True  # closing anyway; its disconnect cleans up
+        if transport.get_write_buffer_size() > SLOW_BUFFER_BYTES:
+            return False
+        transport.write(frame)
+        return True
+
+
+class AsgiWriter:
+    """Portable fallback: one ASGI send per message, run in order as tasks."""
+
+    __slots__ = ("pending", "send")
+
+    def __init__(self, send: Callable[[dict[str, Any]], Awaitable[None]]):
+        self.send = send
+        self.pending = 0
+
+    def write(self, frame: bytes, text: str) -> bool:
+        if self.pending >= SLOW_PENDING_SENDS:
+            return False
+        self.pending += 1
+        task = asyncio.ensure_future(self.send({"type": "websocket.send", "text": text}))
+        task.add_done_callback(self._done)
+        return True
+
+    def _done(self, task: asyncio.Future[None]) -> None:
+        self.pending -= 1
+        if not task.cancelled():
+            task.exception()  # a send to a socket that just closed; its disconnect cleans up
+
+
+def writer_for(send: Callable[[dict[str, Any]], Awaitable[None]]) -> Writer:
+    """The fastest writer for an accepted connection's ASGI `send`."""
+    proto = getattr(send, "__self__", None)
+    if _is_sansio(proto):
+        return DirectWriter(proto)
+    return AsgiWriter(send)
+
+
+def _is_sansio(proto: Any) -> bool:
+    try:
+        from uvicorn.protocols.websockets.websockets_sansio_impl import (
+            WebSocketsSansIOProtocol,
+        )
+    except ImportError:  # pragma: no cover -- uvicorn is a dependency
+        return False
+    # Only when no extension (permessage-deflate) was negotiated: then frames are byte-identical.
+    return isinstance(proto, WebSocketsSansIOProtocol) and not proto.conn.extensions

@@ -1,0 +1,117 @@
+"""The per-process fan-out: who gets written to, and the Redis feed end to end."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from django.test import override_settings
+
+from realtime import fanout
+from realtime.fanout import Fanout, Subscription
+from realtime.wire import text_frame
+
+
+class RecordingWriter:
+    """Stands in for a socket in these pure unit tests; `room` is how much it can take."""
+
+    def __init__(self, room: int = 1000):
+        self.frames: list[bytes] = []
+        self.room = room
+        self.written = asyncio.Event()
+
+    def write(self, frame: bytes, text: str) -> bool:
+        if len(self.frames) >= self.room:
+            return False
+        self.frames.append(frame)
+        self.written.set()
+        return True
+
+
+def make_sub(
+    writer: RecordingWriter, behind: list[Subscription], last_sent: int = 0
+) -> Subscription:
+    sub = Subscription(7, writer, behind.append)
+    sub.last_sent = last_sent
+    sub.live = True
+    return sub
+
+
+@pytest.fixture
+def table() -> Fanout:
+    table = Fanout()
+    table.rooms[7] = {}
+    return table
+
+
+def test_in_sync_sockets_get_the_same_encoded_frame(table: Fanout) -> None:
+    behind: list[Subscription] = []
+    writers = [RecordingWriter(), RecordingWriter()]
+    for writer in writers:
+        table.rooms[7][make_sub(writer, behind)] = None
+    table.dispatch(7, 1, '{"seq":1}')
+    assert [w.frames for w in writers] == [[text_frame('{"seq":1}')]] * 2
+    assert text_frame("hi") == b"\x81\x02hi"
+    assert behind == []
+
+
+def test_a_hole_stops_writing_and_asks_for_a_catch_up(table: Fanout) -> None:
+    behind: list[Subscription] = []
+    writer = RecordingWriter()
+    sub = make_sub(writer, behind, last_sent=4)
+    table.rooms[7][sub] = None
+    table.dispatch(7, 6, "six")
+    assert (writer.frames, behind, sub.live, sub.max_seen) == ([], [sub], False, 6)
+    table.dispatch(7, 7, "seven")  # still behind: recorded, not written, not asked again
+    assert (writer.frames, behind, sub.max_seen) == ([], [sub], 7)
+
+
+def test_seqs_already_sent_are_dropped(table: Fanout) -> None:
+    behind: list[Subscription] = []
+    writer = RecordingWriter()
+    table.rooms[7][make_sub(writer, behind, last_sent=5)] = None
+    table.dispatch(7, 5, "five")
+    table.dispatch(7, 3, "three")
+    assert (writer.frames, behind) == ([], [])
+
+
+def test_a_slow_socket_falls_back_to_catching_up(table: Fanout) -> None:
+    behind: list[Subscription] = []
+    slow, fast = RecordingWriter(room=1), RecordingWriter()
+    slow_sub, fast_sub = make_sub(slow, behind), make_sub(fast, behind)
+    table.rooms[7] = {slow_sub: None, fast_sub: None}
+    for seq in (1, 2, 3):
+        table.dispatch(7, seq, str(seq))
+    assert len(fast.frames) == 3
+    assert len(slow.frames) == 1
+    assert behind == [slow_sub]
+    assert (slow_sub.last_sent, slow_sub.max_seen) == (1, 3)
+
+
+@pytest.fixture
+async def redis_fanout(redis_proc: Any) -> AsyncIterator[Fanout]:
+    url = f"redis://{redis_proc.host}:{redis_proc.port}/0"
+    with override_settings(REDIS_URL=url):
+        fanout.reset_fanout()
+        table = fanout.get_fanout()
+        yield table
+        if isinstance(table.backend, fanout.RedisBackend) and table.backend.reader:
+            table.backend.reader.cancel()
+    fanout.reset_fanout()
+
+
+async def test_messages_cross_redis_once_per_process(redis_fanout: Fanout) -> None:
+    assert isinstance(redis_fanout.backend, fanout.RedisBackend)
+    behind: list[Subscription] = []
+    writer = RecordingWriter()
+    sub = make_sub(writer, behind)
+    sub.room_id = 42
+    await redis_fanout.join(sub)
+    # Published from a thread, as an action's on_commit does.
+    await asyncio.to_thread(fanout.publish, 42, 1, '{"seq":1}')
+    await asyncio.wait_for(writer.written.wait(), timeout=5)
+    assert writer.frames == [text_frame('{"seq":1}')]
+    redis_fanout.leave(sub)
+    assert 42 not in redis_fanout.rooms
