@@ -185,3 +185,13 @@ def test_concurrent_publishers_get_distinct_gap_free_seqs() -> None:
     assert list(
         Message.objects.filter(room=room).order_by("seq").values_list("seq", flat=True)
     ) == (list(range(1, 101)))
+
+
+def test_revoked_tokens_stop_authenticating(alice: Any) -> None:
+    from asgiref.sync import async_to_sync
+
+    raw = actions.do_issue_token("alice")
+    assert async_to_sync(ApiToken.objects.auser_for)(raw) == alice
+    assert actions.do_revoke_tokens(ApiToken.objects.filter(user=alice)) == 1
+    assert async_to_sync(ApiToken.objects.auser_for)(raw) is None
+    assert actions.do_revoke_tokens(ApiToken.objects.filter(user=alice)) == 0
