@@ -183,3 +183,17 @@ LOGGING = {
 CSRF_FAILURE_VIEW = "web.errors_views.csrf_failure"
 # The API takes small JSON bodies; anything bigger is refused with 413 before parsing.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024
+
+# Flood control (realtime/limits.py). Load tests raise these on the server they target.
+PUBLISH_RATE = env.float("PUBLISH_RATE", default=10.0)  # per connection, per second
+PUBLISH_BURST = env.float("PUBLISH_BURST", default=30.0)
+USER_PUBLISH_RATE = env.float("USER_PUBLISH_RATE", default=20.0)  # per user and process
+USER_PUBLISH_BURST = env.float("USER_PUBLISH_BURST", default=60.0)
+TYPING_RATE = env.float("TYPING_RATE", default=2.0)
+TYPING_BURST = env.float("TYPING_BURST", default=5.0)
+# After RATE_STRIKES refusals (refilled at RATE_STRIKES_PER_SECOND) the socket is closed, 1008.
+RATE_STRIKES = env.float("RATE_STRIKES", default=20.0)
+RATE_STRIKES_PER_SECOND = env.float("RATE_STRIKES_PER_SECOND", default=1.0)
+MAX_CONNECTIONS_PER_USER = env.int("MAX_CONNECTIONS_PER_USER", default=20)
+# A socket that cannot catch up within this many seconds is closed (4002); it resumes with since.
+SLOW_CLIENT_SECONDS = env.float("SLOW_CLIENT_SECONDS", default=30.0)

@@ -12,7 +12,7 @@ handler500 = "web.errors_views.server_error"
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
-    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/logout/", views.LogoutView.as_view(), name="logout"),
     path("api/me", views.me),
     path("api/rooms", views.rooms),
     path("api/rooms/<slug:slug>/members", views.members),

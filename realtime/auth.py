@@ -43,8 +43,9 @@ class TokenOrOriginMiddleware(BaseMiddleware):  # type: ignore[misc]  # channels
         headers = scope.get("headers", [])
         token = bearer_token(headers)
         if token is not None:
-            user = await ApiToken.objects.auser_for(token) if token else None
-            scope = {**scope, "user": user or AnonymousUser(), "auth": "token"}
+            found = await ApiToken.objects.afor_raw(token) if token else None
+            user = found.user if found else AnonymousUser()
+            scope = {**scope, "user": user, "auth": "token", "token_id": found and found.pk}
         elif not origin_allowed(headers):
             scope = {**scope, "user": AnonymousUser(), "auth": "bad_origin"}
         else:

@@ -16,26 +16,32 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
 
-from realtime import protocol
+from realtime import limits, protocol
 from realtime.fanout import Subscription, get_fanout
 from realtime.groups import user_group
-from realtime.protocol import Ping, Publish, Subscribe, Unsubscribe
+from realtime.protocol import Ping, Publish, Subscribe, Typing, Unsubscribe
 from realtime.wire import writer_for
 from web.access import aget_room_for_user, alast_seq, amessages_after
-from web.actions import do_send_message
-from web.errors import ApiError, Unavailable
+from web.actions import do_send_message, do_typing
+from web.errors import ApiError, RateLimited, Unavailable
 from web.models import Room
 
 logger = logging.getLogger(__name__)
 
+CLOSE_POLICY = 1008  # flooding, or too many connections
 CLOSE_TOO_LARGE = 1009
+CLOSE_SESSION_ENDED = 4001  # logged out, deactivated, or the token was revoked
+CLOSE_TOO_SLOW = 4002  # could not keep up; reconnect and resume with `since`
 
 send_message = database_sync_to_async(do_send_message)
+# Not a database call: a blocking Redis PUBLISH, so off the event loop.
+send_typing = sync_to_async(do_typing, thread_sensitive=False)
 
 
 @dataclass(slots=True, eq=False)
@@ -55,16 +61,41 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             await self.close()
             return
         self.user = user
-        await self.channel_layer.group_add(user_group(user.pk), self.channel_name)
+        self.session_key = (
+            self.scope["session"].session_key if self.scope.get("auth") == "session" else None
+        )
+        self.token_id = self.scope.get("token_id")
         await self.accept()
         self.writer = writer_for(self.base_send)
+        user_state = limits.connect(user.pk)
+        if user_state is None:
+            await self.send(
+                protocol.error_frame("rate_limited", "too many connections for this user")
+            )
+            await self.close(code=CLOSE_POLICY)
+            return
+        self.limits = limits.ConnectionLimits(user_state)
+        self.counted = True
+        await self._join_user_group()
+
+    async def _join_user_group(self) -> None:
+        if not self.counted:
+            return  # disconnected while a renewal was on its way
+        await self.channel_layer.group_add(user_group(self.user.pk), self.channel_name)
+        # Channel-layer group membership expires (group_expiry): renew it well before.
+        expiry = getattr(self.channel_layer, "group_expiry", 86400)
+        self.renewal = asyncio.get_running_loop().call_later(
+            expiry / 2, lambda: asyncio.ensure_future(self._join_user_group())
+        )
 
     async def disconnect(self, code: int) -> None:
         for room_id in list(self.subs):
             self._drop(room_id)
-        user = getattr(self, "user", None)
-        if user is not None:
-            await self.channel_layer.group_discard(user_group(user.pk), self.channel_name)
+        if getattr(self, "counted", False):
+            self.counted = False
+            self.renewal.cancel()
+            limits.disconnect(self.user.pk)
+            await self.channel_layer.group_discard(user_group(self.user.pk), self.channel_name)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if text_data is None:
@@ -83,10 +114,16 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
                 await self.subscribe(command)
             elif isinstance(command, Unsubscribe):
                 await self.unsubscribe(command)
+            elif isinstance(command, Typing):
+                await self.typing(command)
             elif isinstance(command, Ping):
                 await self.send(protocol.dumps({"type": "pong", "ref": command.ref}))
         except protocol.ProtocolError as error:
             await self.send(protocol.error_frame(error.code, error.message, error.ref))
+        except RateLimited as error:
+            await self.send(protocol.error_frame(error.code, error.message, ref))
+            if not self.limits.strike():
+                await self.close(code=CLOSE_POLICY)
         except ApiError as error:
             await self.send(protocol.error_frame(error.code, error.message, ref))
         except DatabaseError:
@@ -95,6 +132,8 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             await self.send(protocol.error_frame(err.code, err.message, ref))
 
     async def publish(self, command: Publish) -> None:
+        if not self.limits.allow_publish():
+            raise RateLimited("too many messages; slow down")
         room = await self._room(command.room)
         sent = await send_message(self.user, room, command.body, command.client_msg_id)
         ack = {
@@ -128,6 +167,11 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         )
         await self._catch_up(entry, check_database=False)
 
+    async def typing(self, command: Typing) -> None:
+        if not self.limits.allow_typing():
+            raise RateLimited("too many typing notices; slow down")
+        await send_typing(self.user, await self._room(command.room))
+
     async def unsubscribe(self, command: Unsubscribe) -> None:
         entry = next((e for e in self.subs.values() if e.room.slug == command.room), None)
         if entry is not None:
@@ -145,6 +189,14 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
                 protocol.dumps({"type": "unsubscribed", "room": event["room"], "reason": "removed"})
             )
 
+    async def session_ended(self, event: dict[str, Any]) -> None:
+        session_key, token_ids = event.get("session_key"), event.get("token_ids")
+        if session_key is not None and session_key != self.session_key:
+            return
+        if token_ids is not None and self.token_id not in token_ids:
+            return
+        await self.close(code=CLOSE_SESSION_ENDED)
+
     # Catching up.
 
     def _behind(self, sub: Subscription) -> None:
@@ -160,7 +212,14 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
 
     async def _catch_up_or_resync(self, entry: RoomSub) -> None:
         try:
-            await self._catch_up(entry, check_database=True)
+            async with asyncio.timeout(settings.SLOW_CLIENT_SECONDS):
+                await self._catch_up(entry, check_database=True)
+        except TimeoutError:
+            # Its buffer stayed full: close it rather than fall ever further behind. The
+            # client reconnects and resumes with `since`, losing nothing.
+            logger.info("closing a socket too slow to keep up with %s", entry.room.slug)
+            self.writer.abort()
+            await self.close(code=CLOSE_TOO_SLOW)
         except DatabaseError:
             logger.warning("cannot catch up %s; asking the client to resync", entry.room.slug)
             self._drop(entry.room.pk)

@@ -47,6 +47,28 @@ def send_message(room_id: int, seq: int, frame: dict[str, Any]) -> None:
     _publish(room_group(room_id), event)
 
 
+def send_typing(room_id: int, room_slug: str, username: str) -> None:
+    """Tell the room's in-sync subscribers someone is typing (not stored, no seq)."""
+    frame = {"type": "typing", "room": room_slug, "user": username}
+    event = {
+        "type": "room.typing",
+        "room_id": room_id,
+        "seq": fanout.EPHEMERAL,
+        "text": orjson.dumps(frame).decode(),
+    }
+    _publish(room_group(room_id), event)
+
+
+def send_session_ended(
+    user_id: Any, *, session_key: str | None = None, token_ids: list[int] | None = None
+) -> None:
+    """Close the user's sockets of that session, of those tokens, or (neither) all of them."""
+    _group_send(
+        user_group(user_id),
+        {"type": "session.ended", "session_key": session_key, "token_ids": token_ids},
+    )
+
+
 def _publish(group: str, event: dict[str, Any]) -> None:
     try:
         fanout.publish(event["room_id"], event["seq"], event["text"])

@@ -29,6 +29,7 @@ from realtime.wire import Writer, text_frame
 logger = logging.getLogger(__name__)
 
 CHANNEL_PREFIX = "chat:room:"
+EPHEMERAL = 0  # the seq of events that are not stored messages
 
 
 class Subscription:
@@ -76,6 +77,12 @@ class Fanout:
         if not subs:
             return
         frame = text_frame(text)
+        if seq == EPHEMERAL:
+            # Typing and the like: not stored, no seq, skipped by sockets not in sync.
+            for sub in subs:
+                if sub.live:
+                    sub.writer.write(frame, text)
+            return
         for sub in subs:
             if seq <= sub.last_sent:
                 continue  # already sent (by a backfill)

@@ -42,11 +42,17 @@ class Publish:
 
 
 @dataclass(frozen=True, slots=True)
+class Typing:
+    ref: str | None
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
 class Ping:
     ref: str | None
 
 
-Command = Subscribe | Unsubscribe | Publish | Ping
+Command = Subscribe | Unsubscribe | Publish | Typing | Ping
 
 
 def parse(text: str) -> Command:
@@ -79,6 +85,8 @@ def _command(data: dict[str, Any], ref: str | None) -> Command:
         return Subscribe(ref, _room(data), since)
     if kind == "unsubscribe":
         return Unsubscribe(ref, _room(data))
+    if kind == "typing":
+        return Typing(ref, _room(data))
     if kind == "ping":
         return Ping(ref)
     if not isinstance(kind, str):

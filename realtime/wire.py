@@ -32,6 +32,9 @@ class Writer(Protocol):
     def write(self, frame: bytes, text: str) -> bool:
         """Queue one message for the socket; False when the socket cannot keep up."""
 
+    def abort(self) -> None:
+        """Drop the connection now, whatever is still buffered."""
+
 
 class DirectWriter:
     """Writes frame bytes to a uvicorn websockets-sansio connection's transport."""
@@ -51,6 +54,9 @@ class DirectWriter:
         transport.write(frame)
         return True
 
+    def abort(self) -> None:
+        self.proto.transport.abort()
+
 
 class AsgiWriter:
     """Portable fallback: one ASGI send per message, run in order as tasks."""
@@ -68,6 +74,9 @@ class AsgiWriter:
         task = asyncio.ensure_future(self.send({"type": "websocket.send", "text": text}))
         task.add_done_callback(self._done)
         return True
+
+    def abort(self) -> None:
+        pass  # nothing to reach below ASGI; the close that follows does it
 
     def _done(self, task: asyncio.Future[None]) -> None:
         self.pending -= 1

@@ -6,6 +6,7 @@ commits (see realtime/events.py).
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 from dataclasses import dataclass
@@ -217,5 +218,34 @@ def do_provision_load(prefix: str, users: int, rooms: int, name: str = "load") -
 
 
 def do_revoke_tokens(tokens: QuerySet[ApiToken]) -> int:
-    """Revoke tokens; they stop authenticating at once. Returns how many were revoked."""
-    return tokens.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+    """Revoke tokens: they stop authenticating, and sockets opened with them close."""
+    with transaction.atomic():
+        live = list(tokens.filter(revoked_at__isnull=True).values_list("pk", "user_id"))
+        ApiToken.objects.filter(pk__in=[pk for pk, _ in live]).update(revoked_at=timezone.now())
+        by_user: dict[int, list[int]] = {}
+        for pk, user_id in live:
+            by_user.setdefault(user_id, []).append(pk)
+        for user_id, token_ids in by_user.items():
+            transaction.on_commit(
+                functools.partial(events.send_session_ended, user_id, token_ids=token_ids)
+            )
+    return len(live)
+
+
+def do_end_session(user: User, session_key: str | None) -> None:
+    """After a logout: close the sockets that session opened."""
+    if session_key:
+        events.send_session_ended(user.pk, session_key=session_key)
+
+
+def do_deactivate_user(user: User) -> None:
+    """Deactivate a user: nothing of theirs authenticates any more, and every socket closes."""
+    with transaction.atomic():
+        type(user).objects.filter(pk=user.pk).update(is_active=False)
+        user.is_active = False
+        transaction.on_commit(functools.partial(events.send_session_ended, user.pk))
+
+
+def do_typing(user: User, room: Room) -> None:
+    """Tell the room the user is typing. Nothing is stored."""
+    events.send_typing(room.pk, room.slug, user.get_username())

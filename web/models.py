@@ -29,13 +29,17 @@ class ApiTokenManager(models.Manager["ApiToken"]):
         token = self.create(user=user, key_hash=hash_token(raw), name=name)
         return token, raw
 
-    async def auser_for(self, raw: str) -> Any | None:
-        """The active user a raw token belongs to, or None."""
-        token = (
+    async def afor_raw(self, raw: str) -> ApiToken | None:
+        """The live token (with its active user) for a raw value, or None."""
+        return (
             await self.select_related("user")
             .filter(key_hash=hash_token(raw), revoked_at__isnull=True, user__is_active=True)
             .afirst()
         )
+
+    async def auser_for(self, raw: str) -> Any | None:
+        """The active user a raw token belongs to, or None."""
+        token = await self.afor_raw(raw)
         return token.user if token else None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.contrib.auth import views as auth_views
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import ensure_csrf_cookie
 
@@ -100,3 +101,14 @@ async def mark_read(request: HttpRequest, user: Any, slug: str) -> HttpResponse:
 async def healthz(request: HttpRequest) -> HttpResponse:
     """Liveness: the process answers."""
     return json_response({"ok": True})
+
+
+class LogoutView(auth_views.LogoutView):
+    """Django's logout, then the sockets that session opened are closed."""
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        user, session_key = request.user, request.session.session_key
+        response = super().post(request, *args, **kwargs)
+        if user.is_authenticated:
+            actions.do_end_session(user, session_key)
+        return response
