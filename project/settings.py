@@ -27,10 +27,12 @@ def envsecret(name: str, default: str | None = None) -> str | None:
 
 
 DEBUG = env.bool("DEBUG", default=False)
+SECURE = env.bool("SECURE", default=False)
 
 SECRET_KEY = envsecret("SECRET_KEY")
 if not SECRET_KEY:
-    if not DEBUG and env.bool("REQUIRE_SECRET_KEY", default=False):
+    # Production (SECURE=1) never falls back to a generated key: every process must share one.
+    if not DEBUG and env.bool("REQUIRE_SECRET_KEY", default=SECURE):
         raise RuntimeError("SECRET_KEY (or SECRET_KEY_FILE) must be set")
     # A per-checkout key for local runs, never committed: it lives in the ignored var/ folder.
     _key_file = BASE_DIR / "var" / "secret_key"
@@ -53,6 +55,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
     "web",
     "realtime",
 ]
@@ -64,6 +68,8 @@ MIDDLEWARE = [
     "web.auth.BearerCsrfExemptMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Marks request.user verified when the session holds a confirmed OTP device (the admin).
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -122,7 +128,11 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                # redis-py 8 reads with a 5 s socket timeout by default, which fires on
+                # channels_redis' 5 s BZPOPMIN of an idle channel: give reads more time.
+                "hosts": [
+                    {"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 5}
+                ],
                 "capacity": env.int("CHANNEL_CAPACITY", default=1000),
                 "expiry": 60,
                 "group_expiry": env.int("CHANNEL_GROUP_EXPIRY", default=86400),
@@ -143,6 +153,10 @@ PASSWORD_HASHERS = [
     "django.contrib.auth.hashers.PBKDF2PasswordHasher",
 ]
 
+# The admin is an OTPAdminSite (project/urls.py): staff also need a TOTP token to get in.
+# `manage.py add_totp_device USERNAME` prints the otpauth:// URL to scan.
+OTP_TOTP_ISSUER = env.str("OTP_TOTP_ISSUER", default="chat")
+
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
@@ -157,7 +171,7 @@ STATIC_ROOT = BASE_DIR / "var" / "static"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Production hardening; `manage.py check --deploy` is clean with SECURE=1.
-if env.bool("SECURE", default=False):
+if SECURE:
     SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)

@@ -165,7 +165,11 @@ class RedisBackend(Backend):
         import redis.asyncio as aioredis
 
         client = aioredis.Redis.from_url(
-            str(settings.REDIS_URL), socket_connect_timeout=5, health_check_interval=15
+            str(settings.REDIS_URL),
+            socket_connect_timeout=5,
+            socket_timeout=15,
+            # A PING when the feed has been quiet this long: a dead server shows up.
+            health_check_interval=10,
         )
         self.pubsub = client.pubsub()
         # A pub/sub connection with no subscription stops being read: keep one always.
@@ -205,9 +209,12 @@ class RedisBackend(Backend):
         backoff = 0.1
         while True:
             try:
-                async for item in self.pubsub.listen():
-                    backoff = 0.1
-                    self._handle(item)
+                while True:
+                    # Short waits rather than one endless read, so health checks run.
+                    item = await self.pubsub.get_message(timeout=1.0)
+                    if item is not None:
+                        backoff = 0.1
+                        self._handle(item)
             except asyncio.CancelledError:
                 raise
             except Exception:

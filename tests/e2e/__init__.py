@@ -1,0 +1,1 @@
+"""End-to-end tests: real uvicorn processes over throwaway PostgreSQL and Redis servers."""
