@@ -3,9 +3,16 @@ from __future__ import annotations
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
+from django_otp.admin import OTPAdminSite
 
 from web import views
 
+# django-otp's documented way to make the default admin site require a verified second factor:
+# staff who have not entered a TOTP token are treated as if they were not staff.
+admin.site.__class__ = OTPAdminSite
+
+handler400 = "web.errors_views.bad_request"
+handler403 = "web.errors_views.permission_denied"
 handler404 = "web.errors_views.not_found"
 handler500 = "web.errors_views.server_error"
 

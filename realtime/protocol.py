@@ -102,6 +102,9 @@ def _str(data: dict[str, Any], field: str, max_chars: int | None = None) -> str:
     value = data.get(field)
     if not isinstance(value, str):
         raise BadRequest(f"{field} must be a string")
+    if "\x00" in value:
+        # PostgreSQL cannot store NUL; refuse it here rather than fail the write.
+        raise BadRequest(f"{field} must not contain NUL characters")
     if max_chars is not None and len(value) > max_chars:
         raise BadRequest(f"{field} must be at most {max_chars} characters")
     return value

@@ -29,6 +29,9 @@ class RecordingWriter:
         self.written.set()
         return True
 
+    def abort(self) -> None:
+        self.frames.append(b"<aborted>")
+
 
 def make_sub(
     writer: RecordingWriter, behind: list[Subscription], last_sent: int = 0

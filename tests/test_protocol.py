@@ -46,6 +46,12 @@ def test_it_parses_every_command() -> None:
         ),
         ('{"type": "publish", "ref": "7", "room": "g", "body": "x"}', "7", "client_msg_id"),
         ('{"type": "ping", "ref": 4}', None, "ref must be a string"),
+        ('{"type": "subscribe", "ref": "7", "room": "g\\u0000"}', "7", "NUL"),
+        (
+            '{"type": "publish", "ref": "7", "room": "g", "body": "\\u0000", "client_msg_id": "m"}',
+            "7",
+            "NUL",
+        ),
         ('{"type": "ping", "ref": "' + "r" * 65 + '"}', None, "ref must be a string"),
     ],
 )

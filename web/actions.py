@@ -48,6 +48,8 @@ def check_body(body: str) -> str:
         raise TooLarge(f"body is over {settings.MESSAGE_MAX_CHARS} characters")
     if not body.strip():
         raise BadRequest("body must not be empty")
+    if "\x00" in body:
+        raise BadRequest("body must not contain NUL characters")
     return body
 
 

@@ -10,8 +10,9 @@ from typing import Any
 import orjson
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.db import DatabaseError
+from django.db import DatabaseError, DataError
 from django.http import HttpRequest, HttpResponse
+from django.http.request import RawPostDataException
 
 from web.auth import aauthenticate
 from web.errors import ApiError, BadRequest, TooLarge, Unavailable
@@ -46,6 +47,11 @@ def api_view(*methods: str) -> Callable[[View], View]:
                 return await view(request, user, *args, **kwargs)
             except ApiError as error:
                 return error_response(error)
+            except DataError:
+                # A value the database cannot hold (SQLSTATE class 22) is the request's fault, not
+                # an outage: `unavailable` would have the client retry it for ever.
+                logger.warning("request data refused by the database", exc_info=True)
+                return error_response(BadRequest("a value in the request cannot be stored"))
             except DatabaseError:
                 logger.warning("database unavailable", exc_info=True)
                 return error_response(Unavailable("the database is unavailable; retry later"))
@@ -63,6 +69,9 @@ def json_body(request: HttpRequest) -> dict[str, Any]:
         raise TooLarge(
             f"request body is over {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes"
         ) from None
+    except RawPostDataException:
+        # A multipart body, already streamed by the CSRF check looking for a form token.
+        raise BadRequest("request body must be JSON, not form data") from None
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -76,6 +85,13 @@ def str_field(data: dict[str, Any], name: str, *, default: str | None = None) ->
     value = data.get(name, default)
     if not isinstance(value, str):
         raise BadRequest(f"{name} must be a string")
+    return check_text(name, value)
+
+
+def check_text(name: str, value: str) -> str:
+    """The value, if PostgreSQL can store and compare it: text there cannot hold NUL."""
+    if "\x00" in value:
+        raise BadRequest(f"{name} must not contain NUL characters")
     return value
 
 

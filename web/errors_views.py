@@ -4,16 +4,33 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from django.views import defaults
 from django.views.csrf import csrf_failure as html_csrf_failure
 
 from web.api import error_response
-from web.errors import ApiError, Forbidden, NotFound
+from web.errors import ApiError, BadRequest, Forbidden, NotFound, TooLarge
 
 
 def _is_api(request: HttpRequest) -> bool:
     return request.path.startswith("/api/")
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    # Django's own 400s: a form body the CSRF check could not parse (a bad multipart boundary,
+    # too many fields, too big), or a disallowed Host header.
+    if _is_api(request):
+        if isinstance(exception, RequestDataTooBig):
+            return error_response(TooLarge("request body is too large"))
+        return error_response(BadRequest("malformed request"))
+    return defaults.bad_request(request, exception or Exception())
+
+
+def permission_denied(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if _is_api(request):
+        return error_response(Forbidden("permission denied"))
+    return defaults.permission_denied(request, exception or Exception())
 
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

@@ -17,7 +17,15 @@ from web.access import (
     arooms_for_user,
     room_json,
 )
-from web.api import api_view, bool_field, int_param, json_body, json_response, str_field
+from web.api import (
+    api_view,
+    bool_field,
+    check_text,
+    int_param,
+    json_body,
+    json_response,
+    str_field,
+)
 from web.errors import BadRequest
 
 MAX_PAGE = 200
@@ -47,7 +55,9 @@ async def rooms(request: HttpRequest, user: Any) -> HttpResponse:
 @api_view("POST", "DELETE")
 async def members(request: HttpRequest, user: Any, slug: str, username: str = "") -> HttpResponse:
     room = await aget_room_for_user(user, slug)
-    if not username:
+    if username:
+        username = check_text("username", username)
+    else:
         username = str_field(json_body(request), "username")
     if request.method == "POST":
         await sync_to_async(actions.do_add_member)(user, room, username)
