@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from web.actions import do_add_totp_device
+from web.errors import NotFound
 
 
 class Command(BaseCommand):
@@ -20,14 +21,11 @@ class Command(BaseCommand):
         parser.add_argument("--name", default="default", help="a label to recognise the device by")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        User = get_user_model()
         try:
-            user = User.objects.get(username=options["username"], is_active=True)
-        except User.DoesNotExist:
+            device = do_add_totp_device(options["username"], options["name"])
+        except NotFound:
             raise CommandError(f"no active user {options['username']!r}") from None
-        if not user.is_staff:
-            self.stderr.write(f"note: {user.get_username()} is not staff and cannot use the admin")
-        # Confirmed at once: the operator hands the URL over in person, there is no enrolment step.
-        device = TOTPDevice.objects.create(user=user, name=options["name"], confirmed=True)
+        if not device.user.is_staff:
+            self.stderr.write(f"note: {options['username']} is not staff and cannot use the admin")
         # The URL holds the shared secret: it goes to stdout only, for a QR code or an app.
         self.stdout.write(device.config_url)
