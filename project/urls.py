@@ -2,7 +2,9 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
 from django.urls import path
+from django.views.generic import TemplateView
 from django_otp.admin import OTPAdminSite
 
 from web import views
@@ -17,6 +19,7 @@ handler404 = "web.errors_views.not_found"
 handler500 = "web.errors_views.server_error"
 
 urlpatterns = [
+    path("", login_required(TemplateView.as_view(template_name="home.html")), name="home"),
     path("admin/", admin.site.urls),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", views.LogoutView.as_view(), name="logout"),

@@ -265,3 +265,11 @@ def test_a_bad_token_does_not_fall_back_to_the_session(alice: Any) -> None:
 
 def test_healthz(client: Client) -> None:
     assert client.get("/healthz").json() == {"ok": True}
+
+
+def test_the_home_page_needs_a_login_and_names_the_user(client: Client, alice: Any) -> None:
+    assert client.get("/").status_code == 302
+    client.force_login(alice)
+    response = client.get("/")
+    assert response.status_code == 200
+    assert b"alice" in response.content
