@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from channels.db import database_sync_to_async
+from channels.consumer import get_handler_name
+from channels.db import aclose_old_connections, database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
@@ -39,7 +40,9 @@ CLOSE_TOO_LARGE = 1009
 CLOSE_SESSION_ENDED = 4001  # logged out, deactivated, or the token was revoked
 CLOSE_TOO_SLOW = 4002  # could not keep up; reconnect and resume with `since`
 
-send_message = database_sync_to_async(do_send_message)
+# Publishes run on the thread pool, each thread with its own pooled connection, so one slow
+# room does not queue every publish of the process behind it; the room's row lock orders them.
+send_message = database_sync_to_async(do_send_message, thread_sensitive=False)
 # Not a database call: a blocking Redis PUBLISH, so off the event loop.
 send_typing = sync_to_async(do_typing, thread_sensitive=False)
 
@@ -97,6 +100,19 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             limits.disconnect(self.user.pk)
             await self.channel_layer.group_discard(user_group(self.user.pk), self.channel_name)
 
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Run the handler for a message, without Channels' per-message connection sweep.
+
+        Channels awaits aclose_old_connections() (a hop to the database thread) before
+        every message. Publishes close their own connection (database_sync_to_async), and
+        the reads' thread sweeps only after a database error (see receive), so the hot
+        path skips it.
+        """
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"no handler for message type {message['type']}")
+        await handler(message)
+
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if text_data is None:
             await self.send(protocol.error_frame("bad_request", "binary frames are not supported"))
@@ -128,6 +144,8 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             await self.send(protocol.error_frame(error.code, error.message, ref))
         except DatabaseError:
             logger.warning("database unavailable while handling a frame", exc_info=True)
+            # Drop the broken connection, so the next frame reconnects once the database is back.
+            await aclose_old_connections()
             err = Unavailable("the message store is unavailable; retry with the same client_msg_id")
             await self.send(protocol.error_frame(err.code, err.message, ref))
 

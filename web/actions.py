@@ -117,6 +117,12 @@ def do_send_message(sender: User, room: Room, body: str, client_msg_id: str) -> 
     existing = Message.objects.find_retry(room.pk, sender.pk, client_msg_id)
     if existing is not None:
         return SentMessage(existing, False, existing.to_event(room.slug, sender_name))
+    if not room.private:
+        # Posting in a public room joins it, so it shows up with unread counts. Done before
+        # the room is locked: the lock is held for as few round trips as possible.
+        Membership.objects.bulk_create(
+            [Membership(user=sender, room_id=room.pk)], ignore_conflicts=True
+        )
     try:
         with transaction.atomic():
             # Takes the room's row lock until commit: seqs are assigned and committed in order.
@@ -124,9 +130,6 @@ def do_send_message(sender: User, room: Room, body: str, client_msg_id: str) -> 
             message = Message.objects.create(
                 room_id=room.pk, seq=seq, sender=sender, body=body, client_msg_id=client_msg_id
             )
-            if not room.private:
-                # Posting in a public room joins it, so it shows up with unread counts.
-                Membership.objects.get_or_create(user=sender, room_id=room.pk)
             frame = message.to_event(room.slug, sender_name)
             transaction.on_commit(lambda: events.send_message(room.pk, seq, frame))
     except IntegrityError:
