@@ -122,25 +122,9 @@ else:
         }
     }
 
+# With REDIS_URL the fan-out (realtime/fanout.py, the app's channel layer) runs over Redis
+# pub/sub and processes share it; without, it stays inside one process.
 REDIS_URL = envsecret("REDIS_URL")
-if REDIS_URL:
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {
-                # redis-py 8 reads with a 5 s socket timeout by default, which fires on
-                # channels_redis' 5 s BZPOPMIN of an idle channel: give reads more time.
-                "hosts": [
-                    {"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 5}
-                ],
-                "capacity": env.int("CHANNEL_CAPACITY", default=1000),
-                "expiry": 60,
-                "group_expiry": env.int("CHANNEL_GROUP_EXPIRY", default=86400),
-            },
-        }
-    }
-else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -209,5 +193,7 @@ TYPING_BURST = env.float("TYPING_BURST", default=5.0)
 RATE_STRIKES = env.float("RATE_STRIKES", default=20.0)
 RATE_STRIKES_PER_SECOND = env.float("RATE_STRIKES_PER_SECOND", default=1.0)
 MAX_CONNECTIONS_PER_USER = env.int("MAX_CONNECTIONS_PER_USER", default=20)
+# The longest a socket waits on one database call before answering `unavailable`.
+DATABASE_DEADLINE_SECONDS = env.float("DATABASE_DEADLINE_SECONDS", default=10.0)
 # A socket that cannot catch up within this many seconds is closed (4002); it resumes with since.
 SLOW_CLIENT_SECONDS = env.float("SLOW_CLIENT_SECONDS", default=30.0)

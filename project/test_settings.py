@@ -21,5 +21,5 @@ DATABASES = {
     }
 }
 
-# Pure unit tests use the in-memory layer; tests that need Redis override this.
-CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+# In-process tests use the fan-out's in-process backend; tests that need Redis set REDIS_URL.
+REDIS_URL = None

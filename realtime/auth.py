@@ -1,34 +1,46 @@
-"""Websocket handshake authentication.
+"""Websocket handshake authentication, in one middleware layer.
 
 A client that sends `Authorization: Bearer <token>` is authenticated by the
 token. Anyone else is a browser: its session cookie counts only when its Origin
 is one of ALLOWED_HOSTS, which stops cross-site websocket hijacking. Whoever
 fails both reaches the consumer anonymous and is refused with HTTP 403.
+
+Why not Channels' AuthMiddlewareStack: it is three layers, each copying the
+scope, and its SessionMiddleware wraps `send` (to save sessions a websocket
+never changes), which hides the server's connection from the fan-out's direct
+writer (realtime/wire.py). This layer reads the session and copies the scope
+once.
 """
 
 from __future__ import annotations
 
+from http.cookies import CookieError, SimpleCookie
+from importlib import import_module
+from types import SimpleNamespace
 from typing import Any
 
-from channels.auth import AuthMiddlewareStack
-from channels.middleware import BaseMiddleware
 from django.conf import settings
+from django.contrib.auth import aget_user
 from django.contrib.auth.models import AnonymousUser
 from django.http.request import split_domain_port, validate_host
 
 from web.models import ApiToken
 
 
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    return next((value for key, value in headers if key == name), None)
+
+
 def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
-    for name, value in headers:
-        if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            return token.strip() if scheme.lower() == "bearer" else ""
-    return None
+    value = _header(headers, b"authorization")
+    if value is None:
+        return None
+    scheme, _, token = value.decode("latin-1").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 def origin_allowed(headers: list[tuple[bytes, bytes]]) -> bool:
-    origin = next((value for name, value in headers if name == b"origin"), None)
+    origin = _header(headers, b"origin")
     if not origin:
         return False
     scheme, _, netloc = origin.decode("latin-1").partition("://")
@@ -38,20 +50,41 @@ def origin_allowed(headers: list[tuple[bytes, bytes]]) -> bool:
     return bool(domain) and validate_host(domain, settings.ALLOWED_HOSTS)
 
 
-class TokenOrOriginMiddleware(BaseMiddleware):  # type: ignore[misc]  # channels is untyped
+def session_key(headers: list[tuple[bytes, bytes]]) -> str | None:
+    raw = _header(headers, b"cookie")
+    if raw is None:
+        return None
+    try:
+        cookies = SimpleCookie(raw.decode("latin-1"))
+    except CookieError:
+        return None
+    morsel = cookies.get(settings.SESSION_COOKIE_NAME)
+    return morsel.value if morsel else None
+
+
+async def user_for_session(key: str) -> Any:
+    """The user a session cookie belongs to (AnonymousUser if none), as Django checks it."""
+    engine = import_module(settings.SESSION_ENGINE)
+    session = engine.SessionStore(key)
+    # aget_user reads only request.session; the session hash check comes with it.
+    return await aget_user(SimpleNamespace(session=session))  # type: ignore[arg-type]
+
+
+class WebsocketAuthMiddleware:
+    def __init__(self, inner: Any):
+        self.inner = inner
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         headers = scope.get("headers", [])
         token = bearer_token(headers)
+        user: Any = AnonymousUser()
+        extra: dict[str, Any] = {}
         if token is not None:
             found = await ApiToken.objects.afor_raw(token) if token else None
-            user = found.user if found else AnonymousUser()
-            scope = {**scope, "user": user, "auth": "token", "token_id": found and found.pk}
-        elif not origin_allowed(headers):
-            scope = {**scope, "user": AnonymousUser(), "auth": "bad_origin"}
-        else:
-            scope = {**scope, "auth": "session"}
-        return await super().__call__(scope, receive, send)
-
-
-def WebsocketAuthStack(inner: Any) -> Any:
-    return AuthMiddlewareStack(TokenOrOriginMiddleware(inner))
+            if found is not None:
+                user, extra = found.user, {"auth": "token", "token_id": found.pk}
+        elif origin_allowed(headers):
+            key = session_key(headers)
+            if key:
+                user, extra = await user_for_session(key), {"auth": "session", "session_key": key}
+        return await self.inner({**scope, "user": user, **extra}, receive, send)

@@ -11,10 +11,12 @@ up here from the database, in order, before the socket goes live again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from channels.consumer import get_handler_name
@@ -25,7 +27,6 @@ from django.db import DatabaseError
 
 from realtime import limits, protocol
 from realtime.fanout import Subscription, get_fanout
-from realtime.groups import user_group
 from realtime.protocol import Ping, Publish, Subscribe, Typing, Unsubscribe
 from realtime.wire import writer_for
 from web.access import aget_room_for_user, alast_seq, amessages_after
@@ -34,6 +35,8 @@ from web.errors import ApiError, RateLimited, Unavailable
 from web.models import Room
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 CLOSE_POLICY = 1008  # flooding, or too many connections
 CLOSE_TOO_LARGE = 1009
@@ -47,6 +50,36 @@ send_message = database_sync_to_async(do_send_message, thread_sensitive=False)
 send_typing = sync_to_async(do_typing, thread_sensitive=False)
 
 
+class DatabaseTimeout(DatabaseError):
+    """A database call outlived DATABASE_DEADLINE_SECONDS (a hung server answers nothing)."""
+
+
+async def db(call: Awaitable[T]) -> T:
+    """Await a database call, but no longer than the deadline: a client always gets an answer."""
+    try:
+        return await asyncio.wait_for(call, timeout=settings.DATABASE_DEADLINE_SECONDS)
+    except TimeoutError:
+        raise DatabaseTimeout("the database did not answer in time") from None
+
+
+_sweep: asyncio.Task[None] | None = None
+
+
+def _sweep_connections() -> None:
+    """Drop broken database connections, so the next call reconnects once the database is
+    back. In the background, one at a time: with the database hung, it may not return soon."""
+    global _sweep
+    if _sweep is None or _sweep.done():
+        _sweep = asyncio.get_running_loop().create_task(
+            _bounded_sweep(), context=contextvars.Context()
+        )
+
+
+async def _bounded_sweep() -> None:
+    with contextlib.suppress(DatabaseError):
+        await db(aclose_old_connections())
+
+
 @dataclass(slots=True, eq=False)
 class RoomSub:
     room: Room
@@ -55,18 +88,27 @@ class RoomSub:
 
 
 class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is untyped
+    # Events reach sockets through the fan-out (realtime/fanout.py), not a channel per consumer.
+    channel_layer_alias = "fanout-only"
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # Channels skips disconnect() when the app raises; never leak what connect took.
+            self._release()
+
     async def connect(self) -> None:
         """Called when a WebSocket connection is opened: authenticate, then accept."""
         user = self.scope.get("user")
         self.subs: dict[int, RoomSub] = {}
+        self.counted = False
         if user is None or not user.is_authenticated:
             # Closing before accept makes the server answer the handshake with HTTP 403.
             await self.close()
             return
         self.user = user
-        self.session_key = (
-            self.scope["session"].session_key if self.scope.get("auth") == "session" else None
-        )
+        self.session_key = self.scope.get("session_key")
         self.token_id = self.scope.get("token_id")
         await self.accept()
         self.writer = writer_for(self.base_send)
@@ -79,26 +121,22 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             return
         self.limits = limits.ConnectionLimits(user_state)
         self.counted = True
-        await self._join_user_group()
-
-    async def _join_user_group(self) -> None:
-        if not self.counted:
-            return  # disconnected while a renewal was on its way
-        await self.channel_layer.group_add(user_group(self.user.pk), self.channel_name)
-        # Channel-layer group membership expires (group_expiry): renew it well before.
-        expiry = getattr(self.channel_layer, "group_expiry", 86400)
-        self.renewal = asyncio.get_running_loop().call_later(
-            expiry / 2, lambda: asyncio.ensure_future(self._join_user_group())
-        )
+        try:
+            await get_fanout().join_user(user.pk, self)
+        except Exception:
+            logger.warning("cannot follow user events; closing the socket", exc_info=True)
+            await self.close(code=1011)
 
     async def disconnect(self, code: int) -> None:
-        for room_id in list(self.subs):
+        self._release()
+
+    def _release(self) -> None:
+        for room_id in list(getattr(self, "subs", {})):
             self._drop(room_id)
         if getattr(self, "counted", False):
             self.counted = False
-            self.renewal.cancel()
             limits.disconnect(self.user.pk)
-            await self.channel_layer.group_discard(user_group(self.user.pk), self.channel_name)
+            get_fanout().leave_user(self.user.pk, self)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Run the handler for a message, without Channels' per-message connection sweep.
@@ -142,18 +180,17 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
                 await self.close(code=CLOSE_POLICY)
         except ApiError as error:
             await self.send(protocol.error_frame(error.code, error.message, ref))
-        except DatabaseError:
-            logger.warning("database unavailable while handling a frame", exc_info=True)
-            # Drop the broken connection, so the next frame reconnects once the database is back.
-            await aclose_old_connections()
+        except (DatabaseError, TimeoutError, ConnectionError):
+            logger.warning("a backing service failed while handling a frame", exc_info=True)
             err = Unavailable("the message store is unavailable; retry with the same client_msg_id")
             await self.send(protocol.error_frame(err.code, err.message, ref))
+            _sweep_connections()
 
     async def publish(self, command: Publish) -> None:
         if not self.limits.allow_publish():
             raise RateLimited("too many messages; slow down")
         room = await self._room(command.room)
-        sent = await send_message(self.user, room, command.body, command.client_msg_id)
+        sent = await db(send_message(self.user, room, command.body, command.client_msg_id))
         ack = {
             "type": "ack",
             "ref": command.ref,
@@ -164,14 +201,14 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         await self.send(protocol.dumps(ack))
 
     async def subscribe(self, command: Subscribe) -> None:
-        room = await aget_room_for_user(self.user, command.room)
+        room = await db(aget_room_for_user(self.user, command.room))
         self._drop(room.pk)  # subscribing again restarts from the new `since`
         entry = RoomSub(room, Subscription(room.pk, self.writer, self._behind))
         self.subs[room.pk] = entry
         try:
             # Join first, then read last_seq: whatever commits after the read is seen.
             await get_fanout().join(entry.sub)
-            last_seq = await alast_seq(room.pk)
+            last_seq = await db(alast_seq(room.pk))
             since = last_seq if command.since is None else min(command.since, last_seq)
             entry.sub.last_sent = since
             await self._send_backfill(entry, last_seq)
@@ -198,7 +235,13 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             protocol.dumps({"type": "unsubscribed", "ref": command.ref, "room": command.room})
         )
 
-    # Channel-layer event handlers: named after the event type, they only send.
+    # User events, from the fan-out: named after the event type, they only send or close.
+
+    def on_user_event(self, event: dict[str, Any]) -> None:
+        handler = getattr(self, get_handler_name(event), None)
+        if handler is not None:
+            # A fresh context: the fan-out runs inside another task's (or thread's) context.
+            asyncio.get_running_loop().create_task(handler(event), context=contextvars.Context())
 
     async def room_revoked(self, event: dict[str, Any]) -> None:
         if event["room_id"] in self.subs:
@@ -236,8 +279,9 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             # Its buffer stayed full: close it rather than fall ever further behind. The
             # client reconnects and resumes with `since`, losing nothing.
             logger.info("closing a socket too slow to keep up with %s", entry.room.slug)
-            self.writer.abort()
-            await self.close(code=CLOSE_TOO_SLOW)
+            self._release()
+            if not self.writer.close_now(CLOSE_TOO_SLOW, "too slow; resume with since"):
+                await self.close(code=CLOSE_TOO_SLOW)
         except DatabaseError:
             logger.warning("cannot catch up %s; asking the client to resync", entry.room.slug)
             self._drop(entry.room.pk)
@@ -252,11 +296,16 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         sub = entry.sub
         if check_database:
             # After a lost feed nothing says how far behind we are; the database does.
-            sub.max_seen = max(sub.max_seen, await alast_seq(entry.room.pk))
-        while sub.max_seen > sub.last_sent:
+            sub.max_seen = max(sub.max_seen, await db(alast_seq(entry.room.pk)))
+        while True:
+            if sub.recheck:
+                sub.recheck = False
+                sub.max_seen = max(sub.max_seen, await db(alast_seq(entry.room.pk)))
+            if sub.max_seen <= sub.last_sent and not sub.recheck:
+                break
             before = sub.last_sent
             await self._send_backfill(entry, sub.max_seen)
-            if sub.last_sent == before:
+            if sub.last_sent == before and sub.max_seen > sub.last_sent:
                 raise DatabaseError(f"seq {before + 1} is missing from the database")
         # No await between the check and this line: nothing can slip past.
         sub.live = True
@@ -266,7 +315,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         sub = entry.sub
         while sub.last_sent < up_to:
             limit = min(settings.BACKFILL_BATCH, up_to - sub.last_sent)
-            frames = await amessages_after(entry.room, sub.last_sent, limit)
+            frames = await db(amessages_after(entry.room, sub.last_sent, limit))
             if not frames:
                 break
             for frame in frames:
@@ -282,7 +331,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         for entry in self.subs.values():
             if entry.room.slug == slug:
                 return entry.room
-        return await aget_room_for_user(self.user, slug)
+        return await db(aget_room_for_user(self.user, slug))
 
     def _drop(self, room_id: int) -> None:
         entry = self.subs.pop(room_id, None)

@@ -1,7 +1,9 @@
 """The one place that broadcasts. Only web/actions.py calls these, after commit.
 
-Each event is serialised once here, not once per recipient: consumers forward
-the ready frame text as it is.
+Each event is serialised once here, not once per recipient: sockets get the
+ready frame text as it is. Everything travels through the fan-out
+(realtime/fanout.py): room events to the room's subscribers in every process,
+user events to every socket of that user.
 """
 
 from __future__ import annotations
@@ -10,8 +12,6 @@ import logging
 from typing import Any
 
 import orjson
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 
 from realtime import fanout
 from realtime.groups import room_group, user_group
@@ -19,25 +19,8 @@ from realtime.groups import room_group, user_group
 logger = logging.getLogger(__name__)
 
 
-def _group_send(group: str, event: dict[str, Any]) -> None:
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    try:
-        async_to_sync(layer.group_send)(group, event)
-    except Exception:
-        # The message is committed; subscribers fill the gap from the database on the
-        # next message or when they resubscribe. A broadcast failure must not fail the publish.
-        logger.exception("broadcast to %s failed", group)
-
-
 def send_message(room_id: int, seq: int, frame: dict[str, Any]) -> None:
-    """Broadcast a stored message to the room's subscribers in every process.
-
-    Room messages take the fan-out path (realtime/fanout.py: one Redis PUBLISH,
-    decoded once per process) rather than a channel-layer group_send, which
-    works per member.
-    """
+    """Broadcast a stored message (`chat.message`) to the room's subscribers."""
     event = {
         "type": "chat.message",
         "room_id": room_id,
@@ -59,11 +42,16 @@ def send_typing(room_id: int, room_slug: str, username: str) -> None:
     _publish(room_group(room_id), event)
 
 
+def send_room_revoked(user_id: Any, room_id: int, slug: str) -> None:
+    """Tell the user's sockets they lost access to a room (`room.revoked`)."""
+    _publish(user_group(user_id), {"type": "room.revoked", "room_id": room_id, "room": slug})
+
+
 def send_session_ended(
     user_id: Any, *, session_key: str | None = None, token_ids: list[int] | None = None
 ) -> None:
     """Close the user's sockets of that session, of those tokens, or (neither) all of them."""
-    _group_send(
+    _publish(
         user_group(user_id),
         {"type": "session.ended", "session_key": session_key, "token_ids": token_ids},
     )
@@ -71,14 +59,12 @@ def send_session_ended(
 
 def _publish(group: str, event: dict[str, Any]) -> None:
     try:
-        fanout.publish(event["room_id"], event["seq"], event["text"])
+        if group.startswith("room."):
+            fanout.publish(event["room_id"], event["seq"], event["text"])
+        else:
+            fanout.publish_user(group.removeprefix("user."), event)
     except Exception:
-        # The message is committed; subscribers fill the gap from the database on the
-        # next message or after the feed reconnects. A broadcast failure must not fail
-        # the publish.
+        # What an action committed stays committed; subscribers fill the gap from the
+        # database on the next message or after the feed reconnects. A broadcast failure
+        # must not fail the action.
         logger.exception("broadcast to %s failed", group)
-
-
-def send_room_revoked(user_id: Any, room_id: int, slug: str) -> None:
-    """Tell the user's sockets they lost access to a room (`room.revoked`)."""
-    _group_send(user_group(user_id), {"type": "room.revoked", "room_id": room_id, "room": slug})

@@ -1,15 +1,22 @@
-"""Per-process fan-out of room messages: the hot path.
+"""Per-process fan-out: the hot path, and the app's channel layer.
 
-Every process holds one subscription per room that has local subscribers (a
-Redis pub/sub channel, or nothing with the in-memory default), however many
-sockets watch the room. A published message arrives once per process, is
-encoded once, and is written to each in-sync socket without a coroutine per
-recipient (realtime/wire.py).
+Every process holds one subscription per room that has local subscribers, and
+one per user with local sockets (Redis pub/sub channels, or nothing with the
+in-memory default), however many sockets watch them. A published message
+arrives once per process, is encoded once, and is written to each in-sync
+socket without a coroutine per recipient (realtime/wire.py).
 
 A subscription that is not in sync (still backfilling, or it saw a hole) is
 not written to; it records the highest seq it has seen and its consumer
 catches up from the database (realtime/consumers.py), which is what keeps
-every socket gap-free and in order.
+every socket gap-free and in order. When the Redis feed is lost, it
+reconnects, resubscribes, and every subscription checks the database.
+
+Why not Channels' Redis layers: RedisChannelLayer.group_send does several round
+trips and works per member, and every consumer holds a channel with its own
+receive task and queue; RedisPubSubChannelLayer decodes each message once per
+member and has unbounded queues. Neither resubscribes a socket's groups after
+Redis restarts. See docs/performance.md.
 """
 
 from __future__ import annotations
@@ -20,22 +27,26 @@ import contextvars
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
+import orjson
 from django.conf import settings
 
 from realtime.wire import Writer, text_frame
 
 logger = logging.getLogger(__name__)
 
-CHANNEL_PREFIX = "chat:room:"
+ROOM_PREFIX = "chat:room:"
+USER_PREFIX = "chat:user:"
+KEEPALIVE = "chat:keepalive"
 EPHEMERAL = 0  # the seq of events that are not stored messages
+JOIN_TIMEOUT = 5.0
 
 
 class Subscription:
     """One socket's view of one room."""
 
-    __slots__ = ("last_sent", "live", "max_seen", "on_behind", "room_id", "writer")
+    __slots__ = ("last_sent", "live", "max_seen", "on_behind", "recheck", "room_id", "writer")
 
     def __init__(self, room_id: int, writer: Writer, on_behind: Callable[[Subscription], None]):
         self.room_id = room_id
@@ -45,31 +56,62 @@ class Subscription:
         self.last_sent = 0
         self.max_seen = 0
         self.live = False
+        # The feed was interrupted while this was catching up: ask the database once more.
+        self.recheck = False
+
+
+class UserListener(Protocol):
+    def on_user_event(self, event: dict[str, Any]) -> None:
+        """A user event (session.ended, room.revoked) for this socket; must not block."""
 
 
 class Fanout:
-    """The process's table of room -> local subscriptions."""
+    """The process's table of room -> local subscriptions and user -> local sockets."""
 
     def __init__(self) -> None:
         self.rooms: dict[int, dict[Subscription, None]] = {}
+        self.users: dict[Any, dict[UserListener, None]] = {}
         self.backend: Backend = RedisBackend(self) if settings.REDIS_URL else LocalBackend(self)
 
     async def join(self, sub: Subscription) -> None:
         """Add a subscription; returns once messages published from now on will reach it."""
-        subs = self.rooms.get(sub.room_id)
-        if subs is None:
-            subs = self.rooms[sub.room_id] = {}
+        subs = self.rooms.setdefault(sub.room_id, {})
         subs[sub] = None
-        await self.backend.subscribe(sub.room_id)
+        await self.backend.subscribe(ROOM_PREFIX + str(sub.room_id))
 
     def leave(self, sub: Subscription) -> None:
         subs = self.rooms.get(sub.room_id)
-        if subs is None:
+        if subs is None or sub not in subs:
             return
-        subs.pop(sub, None)
+        del subs[sub]
         if not subs:
             del self.rooms[sub.room_id]
-            self.backend.unsubscribe(sub.room_id)
+            self.backend.unsubscribe(ROOM_PREFIX + str(sub.room_id))
+
+    async def join_user(self, user_id: Any, listener: UserListener) -> None:
+        self.users.setdefault(user_id, {})[listener] = None
+        await self.backend.subscribe(USER_PREFIX + str(user_id))
+
+    def leave_user(self, user_id: Any, listener: UserListener) -> None:
+        listeners = self.users.get(user_id)
+        if listeners is None or listener not in listeners:
+            return
+        del listeners[listener]
+        if not listeners:
+            del self.users[user_id]
+            self.backend.unsubscribe(USER_PREFIX + str(user_id))
+
+    def deliver(self, channel: str, data: bytes) -> None:
+        """One message from the feed."""
+        if channel.startswith(ROOM_PREFIX):
+            room_id, seq, text = _decode(data)
+            self.dispatch(room_id, seq, text)
+        elif channel.startswith(USER_PREFIX):
+            listeners = self.users.get(_user_key(channel[len(USER_PREFIX) :]))
+            if listeners:
+                event = orjson.loads(data)
+                for listener in list(listeners):
+                    listener.on_user_event(event)
 
     def dispatch(self, room_id: int, seq: int, text: str) -> None:
         """Deliver one published message to this process's subscribers of the room."""
@@ -103,19 +145,21 @@ class Fanout:
                 if sub.live:
                     sub.live = False
                     sub.on_behind(sub)
+                else:
+                    sub.recheck = True
 
 
 class Backend:
     def __init__(self, fanout: Fanout):
         self.fanout = fanout
 
-    async def subscribe(self, room_id: int) -> None:
+    async def subscribe(self, channel: str) -> None:
         raise NotImplementedError
 
-    def unsubscribe(self, room_id: int) -> None:
+    def unsubscribe(self, channel: str) -> None:
         raise NotImplementedError
 
-    def publish(self, room_id: int, seq: int, text: str) -> None:
+    def publish(self, channel: str, data: bytes) -> None:
         raise NotImplementedError
 
 
@@ -126,13 +170,13 @@ class LocalBackend(Backend):
         super().__init__(fanout)
         self.loop: asyncio.AbstractEventLoop | None = None
 
-    async def subscribe(self, room_id: int) -> None:
+    async def subscribe(self, channel: str) -> None:
         self.loop = asyncio.get_running_loop()
 
-    def unsubscribe(self, room_id: int) -> None:
+    def unsubscribe(self, channel: str) -> None:
         pass
 
-    def publish(self, room_id: int, seq: int, text: str) -> None:
+    def publish(self, channel: str, data: bytes) -> None:
         loop = self.loop
         if loop is None or loop.is_closed():
             return  # nobody in this process has ever subscribed
@@ -141,25 +185,32 @@ class LocalBackend(Backend):
         except RuntimeError:
             running = None
         if running is loop:
-            self.fanout.dispatch(room_id, seq, text)
+            self.fanout.deliver(channel, data)
         else:
             # An empty context: the caller's (a sync_to_async thread's) must not leak in.
             loop.call_soon_threadsafe(
-                self.fanout.dispatch, room_id, seq, text, context=contextvars.Context()
+                self.fanout.deliver, channel, data, context=contextvars.Context()
             )
 
 
 class RedisBackend(Backend):
-    """One Redis pub/sub channel per room; one reader task per process."""
+    """One Redis pub/sub connection and reader task per process."""
 
     def __init__(self, fanout: Fanout):
         super().__init__(fanout)
         self.pubsub: Any = None
         self.reader: asyncio.Task[None] | None = None
+        # channel -> resolved once Redis confirmed the SUBSCRIBE on the current connection
         self.confirmed: dict[str, asyncio.Future[None]] = {}
         self.lock = asyncio.Lock()
         self._publisher: Any = None
         self._publisher_lock = threading.Lock()
+
+    def _wanted(self) -> list[str]:
+        rooms = [ROOM_PREFIX + str(room_id) for room_id in self.fanout.rooms]
+        users = [USER_PREFIX + str(user_id) for user_id in self.fanout.users]
+        # A pub/sub connection with no subscription stops being read: keep one always.
+        return [KEEPALIVE, *rooms, *users]
 
     async def _connect(self) -> None:
         import redis.asyncio as aioredis
@@ -168,17 +219,21 @@ class RedisBackend(Backend):
             str(settings.REDIS_URL),
             socket_connect_timeout=5,
             socket_timeout=15,
+            socket_keepalive=True,
             # A PING when the feed has been quiet this long: a dead server shows up.
             health_check_interval=10,
         )
         self.pubsub = client.pubsub()
-        # A pub/sub connection with no subscription stops being read: keep one always.
-        channels = [CHANNEL_PREFIX + "keepalive"]
-        channels += [CHANNEL_PREFIX + str(room_id) for room_id in self.fanout.rooms]
+        loop = asyncio.get_running_loop()
+        channels = self._wanted()
+        for channel in channels:
+            # Keep a future a joining socket already waits on; it resolves on this connection.
+            waiter = self.confirmed.get(channel)
+            if waiter is None or waiter.done():
+                self.confirmed[channel] = loop.create_future()
         await self.pubsub.subscribe(*channels)
 
-    async def subscribe(self, room_id: int) -> None:
-        channel = CHANNEL_PREFIX + str(room_id)
+    async def subscribe(self, channel: str) -> None:
         async with self.lock:
             if self.reader is None or self.reader.done():
                 await self._connect()
@@ -187,21 +242,21 @@ class RedisBackend(Backend):
             if waiter is None:
                 waiter = self.confirmed[channel] = asyncio.get_running_loop().create_future()
                 await self.pubsub.subscribe(channel)
-        # Redis confirms a SUBSCRIBE in order on the same connection: after this,
-        # every later PUBLISH to the channel reaches the reader.
-        await asyncio.wait_for(asyncio.shield(waiter), timeout=5)
+        # Redis confirms a SUBSCRIBE in order on the same connection: after this, every
+        # later PUBLISH to the channel reaches the reader. During a reconnect this waits
+        # for the new connection's confirmation, up to JOIN_TIMEOUT.
+        await asyncio.wait_for(asyncio.shield(waiter), timeout=JOIN_TIMEOUT)
 
-    def unsubscribe(self, room_id: int) -> None:
-        task = asyncio.ensure_future(self._unsubscribe(room_id))
+    def unsubscribe(self, channel: str) -> None:
+        task = asyncio.ensure_future(self._unsubscribe(channel))
         task.add_done_callback(_ignore_result)
 
-    async def _unsubscribe(self, room_id: int) -> None:
+    async def _unsubscribe(self, channel: str) -> None:
         # Under the lock, and only if nobody joined again meanwhile: a SUBSCRIBE and
         # an UNSUBSCRIBE for one channel never cross.
         async with self.lock:
-            if room_id in self.fanout.rooms or self.pubsub is None:
+            if channel in self._wanted() or self.pubsub is None:
                 return
-            channel = CHANNEL_PREFIX + str(room_id)
             self.confirmed.pop(channel, None)
             await self.pubsub.unsubscribe(channel)
 
@@ -219,50 +274,53 @@ class RedisBackend(Backend):
                 raise
             except Exception:
                 logger.warning("redis fan-out feed lost; reconnecting", exc_info=True)
-            # Reconnect, resubscribe every room, then let every socket fill what it missed.
-            for waiter in self.confirmed.values():
-                if not waiter.done():
-                    waiter.set_exception(ConnectionError("redis feed lost"))
-            self.confirmed.clear()
+            # Reconnect and resubscribe everything, then let every socket fill what it missed.
             while True:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-                with contextlib.suppress(Exception):
+                try:
                     await self._reconnect()
                     break
+                except Exception:
+                    logger.warning("redis fan-out reconnect failed; retrying", exc_info=True)
             self.fanout.resync_all()
 
     async def _reconnect(self) -> None:
         async with self.lock:
             with contextlib.suppress(Exception):
                 await self.pubsub.aclose()
+            # Every channel needs a fresh confirmation on the new connection.
+            for channel, waiter in list(self.confirmed.items()):
+                if waiter.done():
+                    del self.confirmed[channel]
             await self._connect()
-            loop = asyncio.get_running_loop()
-            for room_id in self.fanout.rooms:
-                channel = CHANNEL_PREFIX + str(room_id)
-                self.confirmed[channel] = loop.create_future()
 
     def _handle(self, item: dict[str, Any]) -> None:
         kind = item["type"]
         channel = item["channel"].decode()
         if kind == "message":
-            room_id, seq, text = _decode(item["data"])
-            self.fanout.dispatch(room_id, seq, text)
+            self.fanout.deliver(channel, item["data"])
         elif kind == "subscribe":
             waiter = self.confirmed.get(channel)
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
 
-    def publish(self, room_id: int, seq: int, text: str) -> None:
+    def publish(self, channel: str, data: bytes) -> None:
         """Called from actions' on_commit (any thread): one PUBLISH per message."""
         with self._publisher_lock:
             if self._publisher is None:
                 import redis
 
                 self._publisher = redis.Redis.from_url(
-                    str(settings.REDIS_URL), socket_connect_timeout=2, socket_timeout=2
+                    str(settings.REDIS_URL),
+                    socket_connect_timeout=2,
+                    socket_timeout=2,
+                    socket_keepalive=True,
+                    # Pooled connections the server closed (idle timeout, restart) are
+                    # noticed and reopened instead of failing the next publish.
+                    health_check_interval=10,
                 )
-        self._publisher.publish(CHANNEL_PREFIX + str(room_id), _encode(room_id, seq, text))
+        self._publisher.publish(channel, data)
 
 
 def _encode(room_id: int, seq: int, text: str) -> bytes:
@@ -273,6 +331,10 @@ def _encode(room_id: int, seq: int, text: str) -> bytes:
 def _decode(data: bytes) -> tuple[int, int, str]:
     room_id, seq, text = data.split(b" ", 2)
     return int(room_id), int(seq), text.decode()
+
+
+def _user_key(raw: str) -> Any:
+    return int(raw) if raw.isdigit() else raw
 
 
 def _ignore_result(task: asyncio.Future[Any]) -> None:
@@ -299,4 +361,9 @@ def reset_fanout() -> None:
 
 def publish(room_id: int, seq: int, text: str) -> None:
     """Hand a committed message to every process's fan-out (realtime/events.py calls this)."""
-    get_fanout().backend.publish(room_id, seq, text)
+    get_fanout().backend.publish(ROOM_PREFIX + str(room_id), _encode(room_id, seq, text))
+
+
+def publish_user(user_id: Any, event: dict[str, Any]) -> None:
+    """Hand a user event to every process's sockets of that user."""
+    get_fanout().backend.publish(USER_PREFIX + str(user_id), orjson.dumps(event))

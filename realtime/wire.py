@@ -21,6 +21,7 @@ from websockets.protocol import State
 # Past this many bytes queued for one socket it is too slow to keep up.
 SLOW_BUFFER_BYTES = 512 * 1024
 SLOW_PENDING_SENDS = 256
+CLOSE_GRACE_SECONDS = 5.0
 
 
 def text_frame(text: str) -> bytes:
@@ -32,8 +33,9 @@ class Writer(Protocol):
     def write(self, frame: bytes, text: str) -> bool:
         """Queue one message for the socket; False when the socket cannot keep up."""
 
-    def abort(self) -> None:
-        """Drop the connection now, whatever is still buffered."""
+    def close_now(self, code: int, reason: str) -> bool:
+        """Queue a close frame behind what is buffered, and drop the connection if the
+        client has not read up to it within CLOSE_GRACE_SECONDS. False if it cannot."""
 
 
 class DirectWriter:
@@ -54,8 +56,15 @@ class DirectWriter:
         transport.write(frame)
         return True
 
-    def abort(self) -> None:
-        self.proto.transport.abort()
+    def close_now(self, code: int, reason: str) -> bool:
+        proto = self.proto
+        if proto.close_sent or proto.transport.is_closing():
+            return True
+        proto.conn.send_close(code, reason)
+        proto.transport.write(b"".join(proto.conn.data_to_send()))
+        proto.close_sent = True
+        asyncio.get_running_loop().call_later(CLOSE_GRACE_SECONDS, proto.transport.abort)
+        return True
 
 
 class AsgiWriter:
@@ -75,8 +84,8 @@ class AsgiWriter:
         task.add_done_callback(self._done)
         return True
 
-    def abort(self) -> None:
-        pass  # nothing to reach below ASGI; the close that follows does it
+    def close_now(self, code: int, reason: str) -> bool:
+        return False  # nothing to reach below ASGI: the caller closes through it
 
     def _done(self, task: asyncio.Future[None]) -> None:
         self.pending -= 1

@@ -67,7 +67,7 @@ def capture_events(
     @contextmanager
     def capture(expected_num_events: int) -> Iterator[Captured]:
         captured: Captured = []
-        real = {name: getattr(events, name) for name in ("_group_send", "_publish")}
+        real = {name: getattr(events, name) for name in ("_publish",)}
 
         def recorder(name: str) -> Callable[[str, dict[str, Any]], None]:
             def record(group: str, event: dict[str, Any]) -> None:

@@ -126,24 +126,3 @@ async def test_logging_out_closes_that_sessions_sockets(alice: Any) -> None:
     await other.send({"type": "ping", "ref": "p"})
     assert await other.recv() == {"type": "pong", "ref": "p"}
     await other.comm.disconnect()
-
-
-@override_settings(
-    CHANNEL_LAYERS={
-        "default": {
-            "BACKEND": "channels.layers.InMemoryChannelLayer",
-            "CONFIG": {"group_expiry": 2},
-        }
-    }
-)
-async def test_sockets_outlive_the_channel_layers_group_expiry(general: Room, alice: Any) -> None:
-    import asyncio
-
-    ws = await open_socket("alice")
-    await ws.send({"type": "subscribe", "ref": "s", "room": "general"})
-    await ws.until("subscribed")
-    await asyncio.sleep(3)  # longer than the group expiry: membership must have been renewed
-    await sync_to_async(actions.do_send_message)(alice, general, "still here", "late")
-    assert (await ws.recv())["body"] == "still here"
-    await sync_to_async(actions.do_revoke_tokens)(ApiToken.objects.all())
-    assert (await ws.comm.receive_output(timeout=3))["code"] == CLOSE_SESSION_ENDED

@@ -111,10 +111,9 @@ def test_secrets_are_read_from_files(tmp_path: Path) -> None:
     script = (
         "import hashlib, json; from django.conf import settings as s; "
         "h = lambda v: hashlib.sha256(v.encode()).hexdigest(); "
-        "layer = s.CHANNEL_LAYERS['default']; db = s.DATABASES['default']; "
-        "host = layer['CONFIG']['hosts'][0]; "
-        "print(json.dumps({'secret_key': h(s.SECRET_KEY), 'layer': layer['BACKEND'], "
-        "'redis': h(host['address'] if isinstance(host, dict) else host), 'engine': db['ENGINE'], "
+        "db = s.DATABASES['default']; "
+        "print(json.dumps({'secret_key': h(s.SECRET_KEY), "
+        "'redis': h(s.REDIS_URL), 'engine': db['ENGINE'], "
         "'db_password': h(db['PASSWORD'])}))"
     )
     result = manage(
@@ -131,7 +130,6 @@ def test_secrets_are_read_from_files(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {
         "secret_key": digest(secret_key),
-        "layer": "channels_redis.core.RedisChannelLayer",
         "redis": digest(redis_url),
         "engine": "django.db.backends.postgresql",
         "db_password": digest(db_password),

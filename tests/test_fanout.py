@@ -29,8 +29,9 @@ class RecordingWriter:
         self.written.set()
         return True
 
-    def abort(self) -> None:
-        self.frames.append(b"<aborted>")
+    def close_now(self, code: int, reason: str) -> bool:
+        self.frames.append(b"<closed>")
+        return True
 
 
 def make_sub(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -43,6 +44,7 @@ class WsClient:
         self.conn = conn
         self.name = name
         self.frames: list[Frame] = []
+        self.arrived: list[float] = []  # time.monotonic() of each frame's arrival
         self.by_ref: dict[str, Frame] = {}
         self.close_code: int | None = None
         self.closed = asyncio.Event()
@@ -90,6 +92,7 @@ class WsClient:
                 frame = json.loads(raw)
                 async with self._arrived:
                     self.frames.append(frame)
+                    self.arrived.append(time.monotonic())
                     ref = frame.get("ref")
                     if isinstance(ref, str):
                         self.by_ref.setdefault(ref, frame)
