@@ -41,6 +41,11 @@ USER_PREFIX = "chat:user:"
 KEEPALIVE = "chat:keepalive"
 EPHEMERAL = 0  # the seq of events that are not stored messages
 JOIN_TIMEOUT = 5.0
+# Publishes commit in seq order, but their broadcasts leave from different threads and
+# processes and can overtake each other. A room's feed holds an early seq this long for the
+# ones before it, so sockets see order restored once per process, not a hole each.
+REORDER_WAIT = 0.05
+REORDER_MAX_HELD = 1000
 
 
 class Subscription:
@@ -60,6 +65,17 @@ class Subscription:
         self.recheck = False
 
 
+class RoomFeed:
+    """Restores seq order of one room's broadcasts in this process."""
+
+    __slots__ = ("held", "next_seq", "timer")
+
+    def __init__(self) -> None:
+        self.next_seq: int | None = None
+        self.held: dict[int, str] = {}
+        self.timer: asyncio.TimerHandle | None = None
+
+
 class UserListener(Protocol):
     def on_user_event(self, event: dict[str, Any]) -> None:
         """A user event (session.ended, room.revoked) for this socket; must not block."""
@@ -70,6 +86,7 @@ class Fanout:
 
     def __init__(self) -> None:
         self.rooms: dict[int, dict[Subscription, None]] = {}
+        self.feeds: dict[int, RoomFeed] = {}
         self.users: dict[Any, dict[UserListener, None]] = {}
         self.backend: Backend = RedisBackend(self) if settings.REDIS_URL else LocalBackend(self)
 
@@ -77,6 +94,7 @@ class Fanout:
         """Add a subscription; returns once messages published from now on will reach it."""
         subs = self.rooms.setdefault(sub.room_id, {})
         subs[sub] = None
+        self.feeds.setdefault(sub.room_id, RoomFeed())
         await self.backend.subscribe(ROOM_PREFIX + str(sub.room_id))
 
     def leave(self, sub: Subscription) -> None:
@@ -86,6 +104,9 @@ class Fanout:
         del subs[sub]
         if not subs:
             del self.rooms[sub.room_id]
+            feed = self.feeds.pop(sub.room_id, None)
+            if feed is not None and feed.timer is not None:
+                feed.timer.cancel()
             self.backend.unsubscribe(ROOM_PREFIX + str(sub.room_id))
 
     async def join_user(self, user_id: Any, listener: UserListener) -> None:
@@ -114,7 +135,47 @@ class Fanout:
                     listener.on_user_event(event)
 
     def dispatch(self, room_id: int, seq: int, text: str) -> None:
-        """Deliver one published message to this process's subscribers of the room."""
+        """Deliver one published message, in seq order, to the room's subscribers here."""
+        feed = self.feeds.get(room_id)
+        if feed is None or seq == EPHEMERAL:
+            self._deliver(room_id, seq, text)
+            return
+        if feed.next_seq is not None and seq > feed.next_seq:
+            feed.held[seq] = text
+            if len(feed.held) > REORDER_MAX_HELD:
+                self._flush(room_id)
+            elif feed.timer is None:
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    self._flush(room_id)
+                else:
+                    feed.timer = loop.call_later(REORDER_WAIT, self._flush, room_id)
+            return
+        self._deliver(room_id, seq, text)
+        if feed.next_seq is None or seq >= feed.next_seq:
+            feed.next_seq = seq + 1
+        while feed.next_seq in feed.held:
+            self._deliver(room_id, feed.next_seq, feed.held.pop(feed.next_seq))
+            feed.next_seq += 1
+        if not feed.held and feed.timer is not None:
+            feed.timer.cancel()
+            feed.timer = None
+
+    def _flush(self, room_id: int) -> None:
+        """The missing seqs did not come in time: deliver what is held; sockets fill holes."""
+        feed = self.feeds.get(room_id)
+        if feed is None:
+            return
+        if feed.timer is not None:
+            feed.timer.cancel()
+            feed.timer = None
+        for seq in sorted(feed.held):
+            self._deliver(room_id, seq, feed.held[seq])
+            feed.next_seq = seq + 1
+        feed.held.clear()
+
+    def _deliver(self, room_id: int, seq: int, text: str) -> None:
         subs = self.rooms.get(room_id)
         if not subs:
             return

@@ -119,3 +119,29 @@ async def test_messages_cross_redis_once_per_process(redis_fanout: Fanout) -> No
     assert writer.frames == [text_frame('{"seq":1}')]
     redis_fanout.leave(sub)
     assert 42 not in redis_fanout.rooms
+
+
+async def test_overtaken_broadcasts_are_put_back_in_order_once_per_process(table: Fanout) -> None:
+    behind: list[Subscription] = []
+    writer = RecordingWriter()
+    table.rooms[7][make_sub(writer, behind)] = None
+    table.feeds[7] = fanout.RoomFeed()
+    table.dispatch(7, 1, "one")
+    table.dispatch(7, 3, "three")  # overtook 2: held, not a hole
+    assert writer.frames == [text_frame("one")]
+    table.dispatch(7, 2, "two")
+    assert writer.frames == [text_frame(t) for t in ("one", "two", "three")]
+    assert behind == []
+
+
+async def test_a_seq_that_never_comes_is_left_to_the_sockets_to_fill(table: Fanout) -> None:
+    behind: list[Subscription] = []
+    writer = RecordingWriter()
+    sub = make_sub(writer, behind)
+    table.rooms[7][sub] = None
+    table.feeds[7] = fanout.RoomFeed()
+    table.dispatch(7, 1, "one")
+    table.dispatch(7, 3, "three")  # 2 was lost
+    await asyncio.sleep(fanout.REORDER_WAIT * 3)
+    assert writer.frames == [text_frame("one")]
+    assert (behind, sub.max_seen) == ([sub], 3)  # its consumer fills 2 and 3 from the database
