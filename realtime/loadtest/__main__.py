@@ -30,6 +30,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--connections", type=int, default=100, help="subscribers (default 100)")
     p.add_argument("--connect-rate", type=float, default=500.0, help="new connections/s")
+    p.add_argument(
+        "--max-pending",
+        type=int,
+        default=0,
+        help="at most this many handshakes in flight (default: no limit)",
+    )
     p.add_argument("--publishers", type=int, default=1, help="publishing connections")
     p.add_argument("--rate", type=float, default=10.0, help="messages/s, all publishers")
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds")
@@ -67,8 +73,11 @@ def config_from(args: argparse.Namespace) -> Config:
     if args.connect_rate <= 0:
         raise ValueError("--connect-rate must be positive")
     total = args.connections + args.publishers
+    # A cap on handshakes in flight can make connecting slower than --connect-rate: allow
+    # for a server that completes as few as 50 handshakes a second.
+    connect_s = total / (min(args.connect_rate, 50) if args.max_pending else args.connect_rate)
     expected = (
-        total / args.connect_rate
+        connect_s
         + args.connect_timeout
         + args.warmup
         + args.duration
@@ -81,6 +90,7 @@ def config_from(args: argparse.Namespace) -> Config:
         rooms=rooms,
         connections=args.connections,
         connect_rate=args.connect_rate,
+        max_pending=max(args.max_pending, 0),
         publishers=args.publishers,
         rate=args.rate,
         duration=args.duration,

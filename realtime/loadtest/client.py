@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import socket
+import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -89,6 +91,9 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # create_connection gives a Transport
+        if self.phase is Phase.CLOSED:  # timed out while the TCP connect was still pending
+            transport.abort()  # type: ignore[attr-defined]
+            return
         # No extensions offered: permessage-deflate would cost both sides CPU and memory.
         self.handshake = ClientProtocol(self.uri, extensions=None, max_size=None)
         request = self.handshake.connect()
@@ -115,7 +120,7 @@ class Connection(asyncio.Protocol):
         elif phase is Phase.OPEN and not self.ready:
             self.worker.on_failed(self, "closed before subscribed")
         elif phase is Phase.OPEN:
-            self.worker.on_dropped(self)
+            self.worker.on_dropped(self, "connection lost without a close frame")
 
     def pause_writing(self) -> None:
         pass
@@ -223,7 +228,10 @@ class Connection(asyncio.Protocol):
             self.transport.write(Frame(Opcode.PONG, payload).serialize(mask=True))
         elif opcode == OP_CLOSE:
             code = int.from_bytes(payload[:2]) if len(payload) >= 2 else 1005
-            self.worker.on_server_close(self, code)
+            if self.ready:
+                self.worker.on_dropped(self, f"server closed with {code}")
+            else:
+                self.worker.on_failed(self, f"server closed with {code}")
             self.close()
 
     def _text(self, payload: bytes) -> None:
@@ -237,9 +245,11 @@ class Connection(asyncio.Protocol):
         if kind == "message":
             now = monotonic_ns()
             worker.counters.delivered += 1
-            check = self.check
-            if check is not None and msg.get("room") == self.room:
-                check.add(msg["seq"])
+            check, seq = self.check, msg.get("seq")
+            if type(seq) is not int:
+                worker.on_protocol_error(self, "message without an integer seq")
+            elif check is not None and msg.get("room") == self.room:
+                check.add(seq)
             body = msg.get("body")
             # Our publishers' bodies start with "t=<monotonic ns> ": latency needs no lookup.
             if isinstance(body, str) and body.startswith("t="):
@@ -262,3 +272,20 @@ class Connection(asyncio.Protocol):
             worker.on_resync(self)
         elif kind == "unsubscribed":
             worker.on_protocol_error(self, f"unsubscribed: {msg.get('reason', '?')}")
+
+
+async def resolve(uri: WebSocketURI) -> tuple[str, int]:
+    """Resolve the host once, not once per connection."""
+    infos = await asyncio.get_running_loop().getaddrinfo(
+        uri.host, uri.port, type=socket.SOCK_STREAM
+    )
+    address = infos[0][4]
+    return str(address[0]), int(address[1])
+
+
+def tls_context(insecure: bool) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context

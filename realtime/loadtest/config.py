@@ -13,6 +13,7 @@ class Config:
     rooms: list[str]
     connections: int
     connect_rate: float
+    max_pending: int  # handshakes in flight at most; 0: no limit
     publishers: int
     rate: float  # messages per second, all publishers together
     duration: float
@@ -34,6 +35,7 @@ class Config:
             "rooms": len(self.rooms),
             "connections": self.connections,
             "connect_rate": self.connect_rate,
+            "max_pending": self.max_pending,
             "publishers": self.publishers,
             "rate": self.rate,
             "duration": self.duration,

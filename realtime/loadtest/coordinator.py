@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import sys
 import time
@@ -57,7 +58,8 @@ class Coordinator:
         self.progress = progress
         self.t0_ns = time.monotonic_ns()
         self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
-        self.pipes: dict[int, Pipe] = {}
+        self.pipes: dict[int, Pipe] = {}  # reports from worker k
+        self.command_pipes: dict[int, Pipe] = {}  # commands to worker k
         self.latest: dict[int, Counters] = {}
         self.samples = _Samples()
         self.hist = LiveHistogram()
@@ -66,6 +68,7 @@ class Coordinator:
         self.results: dict[int, WorkerResult | None] = {}
         self.window: Window | None = None
         self.aborted: str | None = None
+        self._stopped_at: float | None = None
         self._last_print = (0.0, 0)
 
     def now(self) -> float:
@@ -78,13 +81,18 @@ class Coordinator:
         ctx = multiprocessing.get_context("fork")
         procs = []
         for k in range(cfg.procs):
-            parent_end, child_end = ctx.Pipe()
+            commands_in, commands_out = ctx.Pipe(duplex=False)
+            reports_in, reports_out = ctx.Pipe(duplex=False)
             proc = ctx.Process(
-                target=worker_main, args=(cfg, k, child_end, self.t0_ns), name=f"loadtest-{k}"
+                target=worker_main,
+                args=(cfg, k, commands_in, reports_out, self.t0_ns),
+                name=f"loadtest-{k}",
             )
             proc.start()
-            child_end.close()
-            self.pipes[k] = parent_end
+            commands_in.close()
+            reports_out.close()
+            self.pipes[k] = reports_in
+            self.command_pipes[k] = commands_out
             procs.append(proc)
         try:
             self._loop()
@@ -176,6 +184,8 @@ class Coordinator:
             self._tell(k, ("final", merged, drain_deadline_ns))
 
     def _worker_gone(self, k: int) -> None:
+        if k in self.results:
+            return
         self.results[k] = None
         if self.aborted is None:
             self.aborted = f"worker {k} died"
@@ -184,12 +194,13 @@ class Coordinator:
         self._maybe_finalize()
 
     def _tell(self, k: int, message: tuple[Any, ...]) -> None:
-        try:
-            self.pipes[k].send(message)
-        except (BrokenPipeError, OSError):
-            self._worker_gone(k)
+        # A worker that stopped may have sent its result and gone already; one that died
+        # shows up as the end of its reports pipe, which is where it is handled.
+        with contextlib.suppress(OSError):
+            self.command_pipes[k].send(message)
 
     def _stop_all(self) -> None:
+        self._stopped_at = self.now()
         for k in self._alive():
             if k not in self.results:
                 self._tell(k, ("stop",))
@@ -235,19 +246,24 @@ class Coordinator:
             for reason, count in result.failures.items():
                 failures[reason] = failures.get(reason, 0) + count
         recv_ms, latency_us = self.samples.arrays()
+        window = self.window
+        if window is not None and self.aborted is not None and self._stopped_at is not None:
+            # Measure up to the stop, not to where publishing would have ended.
+            end = max(min(window.publish_end, self._stopped_at), window.publish_start)
+            window = Window(window.publish_start, min(window.measure_start, end), end)
         report = build_report(
             config=self.config.public(),
             counters=counters,
             correctness=correctness,
-            window=self.window,
+            window=window,
             recv_ms=recv_ms,
             latency_us=latency_us,
             ack_us=_concat(ack),
             connect_us=_concat(connect),
             attempted=self.config.connections + self.config.publishers,
+            failures=failures,
             aborted=self.aborted,
             started_at=self.started_at,
             elapsed=self.now(),
         )
-        report["connections"]["failure_reasons"] = dict(sorted(failures.items()))
         return report

@@ -22,12 +22,15 @@ def plot(report: dict[str, Any], out: str) -> None:
     rows = report["timeline"]
     window = report.get("window")
     if rows:
-        t = [r["t"] for r in rows]
+        t = [r["t"] for r in rows]  # each row is the second [t, t + 1)
+        middle = [x + 0.5 for x in t]
         for key, style in (("max", ":"), ("p99", "-"), ("p50", "--")):
-            over_time.plot(t, [r[key] for r in rows], style, label=key)
+            over_time.plot(middle, [r[key] for r in rows], style, label=key)
         over_time.set_yscale("log")
         rate = over_time.twinx()
-        rate.bar(t, [r["delivered"] for r in rows], width=1.0, alpha=0.15, color="grey")
+        rate.bar(
+            t, [r["delivered"] for r in rows], width=1.0, align="edge", alpha=0.15, color="grey"
+        )
         rate.set_ylabel("deliveries/s")
     if window:
         over_time.axvspan(
@@ -37,7 +40,8 @@ def plot(report: dict[str, Any], out: str) -> None:
     over_time.set_xlabel("seconds since start (shaded: warmup)")
     over_time.set_ylabel("latency ms")
     over_time.set_title(_title(report))
-    over_time.legend(loc="upper left")
+    if rows:
+        over_time.legend(loc="upper left")
 
     edges, counts = report["histogram"]["edges_ms"], report["histogram"]["counts"]
     if counts:
@@ -57,10 +61,11 @@ def plot(report: dict[str, Any], out: str) -> None:
 
 def _title(report: dict[str, Any]) -> str:
     cfg, dlv, cor = report["config"], report["delivery"], report["correctness"]
+    p99 = dlv["latency_ms"]["p99"]
     return (
         f"{cfg['connections']} conns, {cfg['rooms']} rooms, {cfg['rate']:g} msg/s: "
-        f"{dlv['deliveries_per_s']:,.0f} deliveries/s, p99 {dlv['latency_ms']['p99']} ms, "
-        f"lost {cor['lost']}"
+        f"{dlv['deliveries_per_s']:,.0f} deliveries/s, "
+        f"p99 {'-' if p99 is None else f'{p99:.1f}'} ms, lost {cor['lost']}"
     )
 
 

@@ -63,7 +63,13 @@ class SeqCheck:
         """Seqs up to the room's last acknowledged one that never arrived."""
         if self.base is None:
             return 0
-        return len(self.holes) + max(0, last_acked - self.top)
+        return len(self.holes) + self.lost_at_end(last_acked)
+
+    def lost_at_end(self, last_acked: int) -> int:
+        """The lost seqs above the highest one received: perhaps only late, not skipped."""
+        if self.base is None:
+            return 0
+        return max(0, last_acked - self.top)
 
 
 @dataclass
@@ -71,6 +77,7 @@ class Correctness:
     streams: int = 0
     received: int = 0
     lost: int = 0
+    lost_at_end: int = 0  # of `lost`: after each stream's newest seq, maybe still in flight
     duplicated: int = 0
     out_of_order: int = 0
     resyncs: int = 0
@@ -79,6 +86,7 @@ class Correctness:
         self.streams += 1
         self.received += check.received
         self.lost += check.lost(last_acked)
+        self.lost_at_end += check.lost_at_end(last_acked)
         self.duplicated += check.duplicated
         self.out_of_order += check.out_of_order
 
@@ -217,6 +225,7 @@ def build_report(
     ack_us: npt.NDArray[np.int64],
     connect_us: npt.NDArray[np.int64],
     attempted: int,
+    failures: dict[str, int],
     aborted: str | None,
     started_at: str,
     elapsed: float,
@@ -241,6 +250,7 @@ def build_report(
             "ok": counters.connections,
             "failed": counters.failed,
             "dropped": counters.dropped,
+            "failure_reasons": dict(sorted(failures.items())),
             "connect_ms": latency_summary(connect_us),
         },
         "publish": {
@@ -271,13 +281,27 @@ def problems(report: dict[str, Any]) -> list[str]:
     if report["aborted"]:
         found.append(f"aborted: {report['aborted']}")
     conns = report["connections"]
-    if conns["failed"]:
-        found.append(f"{conns['failed']} connections failed")
-    if conns["dropped"]:
-        found.append(f"{conns['dropped']} connections dropped")
-    for name in ("lost", "duplicated", "out_of_order"):
-        if report["correctness"][name]:
-            found.append(f"{report['correctness'][name]} messages {name.replace('_', ' ')}")
+    reasons = conns.get("failure_reasons") or {}
+    if conns["failed"] or conns["dropped"]:
+        why = ", ".join(f"{k} x{v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]))
+        found.append(
+            f"{conns['failed']} connections failed, {conns['dropped']} dropped"
+            + (f" ({why})" if why else "")
+        )
+    cor = report["correctness"]
+    if cor["lost"]:
+        found.append(
+            f"{cor['lost']} messages lost"
+            + (
+                f" ({cor['lost_at_end']} of them after the newest seq received: maybe only"
+                " later than --drain)"
+                if cor["lost_at_end"]
+                else ""
+            )
+        )
+    for name in ("duplicated", "out_of_order"):
+        if cor[name]:
+            found.append(f"{cor[name]} messages {name.replace('_', ' ')}")
     if report["errors"]:
         found.append("error frames: " + ", ".join(f"{k} x{v}" for k, v in report["errors"].items()))
     if report["publish"]["sent"] != report["publish"]["acked"]:
@@ -303,9 +327,13 @@ def render(report: dict[str, Any]) -> str:
         f" over {dlv['measured_s']:.1f}s after warmup",
         f"latency ms   p50 {ms(lat['p50'])}  p95 {ms(lat['p95'])}  p99 {ms(lat['p99'])}"
         f"  max {ms(lat['max'])}",
-        f"correctness  {cor['streams']} streams  lost {cor['lost']}  duplicated"
+        f"correctness  {cor['streams']} streams  lost {cor['lost']}"
+        f" ({cor['lost_at_end']} at the end)  duplicated"
         f" {cor['duplicated']}  out of order {cor['out_of_order']}  resyncs {cor['resyncs']}",
     ]
+    if conns["failure_reasons"]:
+        reasons = conns["failure_reasons"].items()
+        lines.append("conn errors  " + ", ".join(f"{k} x{v}" for k, v in reasons))
     if report["errors"]:
         lines.append("errors       " + ", ".join(f"{k} x{v}" for k, v in report["errors"].items()))
     lines.append(

@@ -19,7 +19,6 @@ import gc
 import os
 import secrets
 import signal
-import socket
 import ssl
 import time
 from array import array
@@ -29,7 +28,7 @@ from typing import Any
 
 from websockets.uri import WebSocketURI, parse_uri
 
-from realtime.loadtest.client import Connection, Phase, Role
+from realtime.loadtest.client import Connection, Phase, Role, resolve, tls_context
 from realtime.loadtest.config import Config
 from realtime.loadtest.report import Correctness, Counters
 
@@ -50,10 +49,13 @@ class WorkerResult:
 
 
 class Worker:
-    def __init__(self, config: Config, index: int, pipe: Pipe, t0_ns: int) -> None:
+    def __init__(self, config: Config, index: int, commands: Pipe, reports: Pipe, t0_ns: int):
         self.config = config
         self.index = index
-        self.pipe = pipe
+        # Two one-way pipes: the event loop makes the command end non-blocking, while
+        # reports (a second's samples can be a megabyte) are written blocking.
+        self.commands_in = commands
+        self.reports = reports
         self.t0_ns = t0_ns
         self.run_id = secrets.token_hex(4)
         self.counters = Counters()
@@ -68,9 +70,10 @@ class Worker:
         self.last_acked: dict[str, int] = {}
         self.subscribers: list[Connection] = []
         self.publishers: list[Connection] = []
-        self.pending = 0  # launched, neither ready nor failed
+        self.pending = 0  # planned, neither ready nor failed
+        self.slots: asyncio.Semaphore | None = None  # handshakes allowed in flight
         self.settled: asyncio.Future[None] | None = None
-        self.commands: dict[str, asyncio.Future[tuple[Any, ...] | None]] = {}
+        self.awaited: dict[str, asyncio.Future[tuple[Any, ...] | None]] = {}
         self.acks_in: asyncio.Event | None = None  # set once nothing is outstanding
         self.stopped = False
         self.closing = False
@@ -79,7 +82,7 @@ class Worker:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_reader(self.pipe.fileno(), self._on_pipe)
+        loop.add_reader(self.commands_in.fileno(), self._on_command)
         ticker = loop.create_task(self._tick())
         try:
             await self._connect_all()
@@ -101,15 +104,22 @@ class Worker:
                     self.correctness.add_stream(conn.check, last_acked.get(conn.room or "", 0))
         finally:
             ticker.cancel()
-            loop.remove_reader(self.pipe.fileno())
+            loop.remove_reader(self.commands_in.fileno())
         self._send(("result", self._result()))
 
     async def _connect_all(self) -> None:
         cfg, k, procs = self.config, self.index, self.config.procs
         loop = asyncio.get_running_loop()
         sub_uri, pub_uri = parse_uri(cfg.url), parse_uri(cfg.publish_url)
-        sub_addr, pub_addr = await _resolve(sub_uri), await _resolve(pub_uri)
-        tls = _tls_context(cfg.insecure) if sub_uri.secure or pub_uri.secure else None
+        try:
+            sub_addr, pub_addr = await resolve(sub_uri), await resolve(pub_uri)
+        except OSError as error:
+            # Nothing can connect: every planned connection fails for this reason.
+            total = len(range(k, cfg.publishers, procs)) + len(range(k, cfg.connections, procs))
+            self.counters.failed += total
+            self.failures[f"cannot resolve: {error}"] = total
+            return
+        tls = tls_context(cfg.insecure) if sub_uri.secure or pub_uri.secure else None
         plan: list[tuple[Connection, tuple[str, int]]] = []
         tokens = cfg.tokens
         for j in range(k, cfg.publishers, procs):
@@ -127,12 +137,16 @@ class Worker:
         if not plan:
             return
         interval = procs / cfg.connect_rate
+        if cfg.max_pending:
+            self.slots = asyncio.Semaphore(max(1, cfg.max_pending // procs))
         started = loop.time()
         tasks = set()
         for n, (conn, addr) in enumerate(plan):
             delay = started + n * interval - loop.time()
             if delay > 0.002:  # sleeping for less is all overhead
                 await asyncio.sleep(delay)
+            if self.slots is not None:
+                await self.slots.acquire()
             if self.stopped:
                 break
             task = loop.create_task(self._open(conn, addr, conn.uri, tls))
@@ -259,18 +273,18 @@ class Worker:
         self._settle_one()
 
     def _settle_one(self) -> None:
+        if self.slots is not None:
+            self.slots.release()
         self.pending -= 1
         if self.pending <= 0 and self.settled is not None and not self.settled.done():
             self.settled.set_result(None)
 
-    def on_dropped(self, conn: Connection) -> None:
+    def on_dropped(self, conn: Connection, reason: str) -> None:
         if not self.closing:
             self.counters.connections -= 1
             self.counters.dropped += 1
-
-    def on_server_close(self, conn: Connection, code: int) -> None:
-        if not self.closing:
-            self.counters.error(f"closed:{code}")
+            why = f"dropped {conn.role.value}: {reason}"
+            self.failures[why] = self.failures.get(why, 0) + 1
 
     def on_ack(self, msg: dict[str, Any]) -> None:
         sent = self.outstanding.pop(msg.get("client_msg_id", ""), None)
@@ -308,31 +322,33 @@ class Worker:
     # Talking to the parent
 
     def _send(self, message: tuple[Any, ...]) -> None:
-        self.pipe.send(message)
+        self.reports.send(message)
 
-    def _on_pipe(self) -> None:
+    def _on_command(self) -> None:
         try:
-            message = self.pipe.recv()
+            message = self.commands_in.recv()
         except EOFError:
             message = ("stop",)  # the parent is gone
         if message[0] == "stop":
             self.stopped = True
-            for future in self.commands.values():
+            for future in self.awaited.values():
                 if not future.done():
                     future.set_result(None)
             if self.acks_in is not None:
                 self.acks_in.set()
             if self.settled is not None and not self.settled.done():
                 self.settled.set_result(None)
+            if self.slots is not None:
+                self.slots.release()  # wake a connect loop waiting for a slot
             return
         future = self._future(message[0])
         if not future.done():
             future.set_result(message)
 
     def _future(self, name: str) -> asyncio.Future[tuple[Any, ...] | None]:
-        if name not in self.commands:
-            self.commands[name] = asyncio.get_running_loop().create_future()
-        return self.commands[name]
+        if name not in self.awaited:
+            self.awaited[name] = asyncio.get_running_loop().create_future()
+        return self.awaited[name]
 
     async def _command(self, name: str) -> tuple[Any, ...] | None:
         if self.stopped:
@@ -370,30 +386,14 @@ class Worker:
         )
 
 
-async def _resolve(uri: WebSocketURI) -> tuple[str, int]:
-    """Resolve the host once, not once per connection."""
-    infos = await asyncio.get_running_loop().getaddrinfo(
-        uri.host, uri.port, type=socket.SOCK_STREAM
-    )
-    address = infos[0][4]
-    return str(address[0]), int(address[1])
-
-
-def _tls_context(insecure: bool) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    if insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-def worker_main(config: Config, index: int, pipe: Pipe, t0_ns: int) -> None:
+def worker_main(config: Config, index: int, commands: Pipe, reports: Pipe, t0_ns: int) -> None:
     """The entry point of a worker process."""
     # The parent handles Ctrl-C and tells the workers to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Fewer, larger collections: the run allocates millions of short-lived frames.
     gc.set_threshold(50_000, 20, 100)
-    worker = Worker(config, index, pipe, t0_ns)
+    os.set_blocking(reports.fileno(), True)
+    worker = Worker(config, index, commands, reports, t0_ns)
     try:
         import uvloop
 
@@ -402,5 +402,5 @@ def worker_main(config: Config, index: int, pipe: Pipe, t0_ns: int) -> None:
         runner = asyncio.Runner()
     with runner:
         runner.run(worker.run())
-    pipe.close()
+    reports.close()
     os._exit(0)  # skip interpreter teardown of tens of thousands of objects
