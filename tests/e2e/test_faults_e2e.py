@@ -734,3 +734,31 @@ async def settle(pid: int, check: Callable[[], bool], within: float = 10.0) -> N
 
     with contextlib.suppress(TimeoutError):
         await poll_until(steady, within=within, every=0.2)
+
+
+# 7. A stream of oversized frames.
+
+OVERSIZED_CONNECTIONS = 200
+OVERSIZED_BYTES = 1 << 20  # 16 times the limit
+OVERSIZED_RSS_LIMIT = 20 * 2**20
+
+
+async def test_a_stream_of_oversized_frames_is_refused_with_1009_and_memory_stays_flat(
+    sockets: Sockets, pod_a: Pod
+) -> None:
+    pid = pid_of(pod_a)
+    baseline = rss_bytes(pid)
+    peak = baseline
+    payload = "x" * OVERSIZED_BYTES
+    # In batches under the per-user connection cap; every frame is refused before it is read.
+    for start in range(0, OVERSIZED_CONNECTIONS, 10):
+        batch = [await sockets.open(pod_a, "bob") for _ in range(10)]
+        for client in batch:
+            with contextlib.suppress(ConnectionClosed):
+                await client.send_raw(payload)
+        assert [await client.wait_closed() for client in batch] == [1009] * 10, start
+        peak = max(peak, rss_bytes(pid))
+    assert peak - baseline < OVERSIZED_RSS_LIMIT, f"RSS grew {(peak - baseline) / 2**20:.0f} MiB"
+    # The pod is fine afterwards.
+    after = await sockets.open(pod_a, "bob")
+    await after.ping()
