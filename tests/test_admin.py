@@ -5,27 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.test import Client
-from django_otp import DEVICE_ID_SESSION_KEY
-from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from web import actions
 from web.models import ApiToken
-
-
-@pytest.fixture
-def admin_client(db: None) -> Client:
-    """A superuser past both factors (tests/test_admin_otp.py logs in the real way)."""
-    root = get_user_model().objects.create_superuser("root", password="root-password")
-    device = TOTPDevice.objects.create(user=root, name="phone", confirmed=True)
-    client = Client()
-    client.force_login(root)
-    # What django_otp.login() stores after a valid token: force_login for the second factor.
-    session = client.session
-    session[DEVICE_ID_SESSION_KEY] = device.persistent_id
-    session.save()
-    return client
 
 
 @pytest.mark.parametrize("model", ["room", "membership", "message", "apitoken"])

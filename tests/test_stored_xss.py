@@ -6,10 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.contrib.auth import get_user_model
 from django.test import Client
-from django_otp import DEVICE_ID_SESSION_KEY
-from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from realtime import protocol
 from web import actions
@@ -50,15 +47,9 @@ def test_the_websocket_frame_carries_the_body_verbatim(alice: Any) -> None:
     assert json.loads(protocol.dumps(sent.frame))["body"] == SCRIPT
 
 
-def test_the_admin_escapes_message_bodies(alice: Any) -> None:
+def test_the_admin_escapes_message_bodies(alice: Any, admin_client: Client) -> None:
     actions.do_send_message(alice, Room.objects.get(slug="general"), SCRIPT, "x1")
-    root = get_user_model().objects.create_superuser("root", password="root-password")
-    device = TOTPDevice.objects.create(user=root, name="phone", confirmed=True)
-    client = Client()
-    client.force_login(root)
-    session = client.session
-    session[DEVICE_ID_SESSION_KEY] = device.persistent_id
-    session.save()
+    client = admin_client
     message = Message.objects.get(client_msg_id="x1")
     page = client.get(f"/admin/web/message/{message.pk}/change/")
     assert page.status_code == 200
