@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
-from realtime import fanout
+from realtime import fanout, feeds
 from realtime.fanout import Fanout, Subscription
 from realtime.wire import text_frame
 
@@ -101,13 +101,13 @@ async def redis_fanout(redis_proc: Any) -> AsyncIterator[Fanout]:
         fanout.reset_fanout()
         table = fanout.get_fanout()
         yield table
-        if isinstance(table.backend, fanout.RedisBackend) and table.backend.reader:
+        if isinstance(table.backend, feeds.RedisBackend) and table.backend.reader:
             table.backend.reader.cancel()
     fanout.reset_fanout()
 
 
 async def test_messages_cross_redis_once_per_process(redis_fanout: Fanout) -> None:
-    assert isinstance(redis_fanout.backend, fanout.RedisBackend)
+    assert isinstance(redis_fanout.backend, feeds.RedisBackend)
     behind: list[Subscription] = []
     writer = RecordingWriter()
     sub = make_sub(writer, behind)

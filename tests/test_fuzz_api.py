@@ -20,6 +20,7 @@ from django.test import Client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.strategies import json_values
 from web import actions
 from web.models import Room
 
@@ -103,20 +104,6 @@ def check(response: Any, method: str) -> None:
         assert isinstance(data["error"]["message"], str), data
 
 
-json_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=60)
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=10,
-)
 # Strings with NUL and other control characters, markup, bidi overrides and astral characters,
 # and the names that exist, so the checks behind the JSON parse all get exercised.
 tricky_text = st.text(

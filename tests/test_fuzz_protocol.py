@@ -13,25 +13,12 @@ from hypothesis import strategies as st
 
 from realtime import protocol
 from realtime.protocol import Command, Ping, Publish, Subscribe, Typing, Unsubscribe
+from tests.strategies import json_values
 
 FUZZ = settings(max_examples=200, deadline=None)
 KEYS = ["type", "ref", "room", "since", "body", "client_msg_id"]
 TYPES = ["subscribe", "unsubscribe", "publish", "typing", "ping"]
 
-json_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**64), max_value=2**64)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=80)
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
 # Objects that look like frames: the protocol's keys (and a few others) with any values, the
 # type mostly one of the real ones so the field checks behind it get exercised.
 frame_objects = st.dictionaries(
