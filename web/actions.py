@@ -117,12 +117,14 @@ def do_send_message(sender: User, room: Room, body: str, client_msg_id: str) -> 
     existing = Message.objects.find_retry(room.pk, sender.pk, client_msg_id)
     if existing is not None:
         return SentMessage(existing, False, existing.to_event(room.slug, sender_name))
-    if not room.private:
+    if not room.private and not getattr(room, "is_member", False):
         # Posting in a public room joins it, so it shows up with unread counts. Done before
-        # the room is locked: the lock is held for as few round trips as possible.
+        # the room is locked: the lock is held for as few round trips as possible. Rooms from
+        # aget_room_for_user say whether the sender is a member already: then nothing to do.
         Membership.objects.bulk_create(
             [Membership(user=sender, room_id=room.pk)], ignore_conflicts=True
         )
+        room.is_member = True  # type: ignore[attr-defined]  # the annotation, now true
     try:
         with transaction.atomic():
             # Takes the room's row lock until commit: seqs are assigned and committed in order.
