@@ -183,16 +183,27 @@ CSRF_FAILURE_VIEW = "web.errors_views.csrf_failure"
 DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024
 
 # Flood control (realtime/limits.py). Load tests raise these on the server they target.
+# Per-user limits are cluster-wide with REDIS_URL (shared through Redis); without it, and while
+# Redis does not answer, each process keeps its own (K processes: up to K times as much).
 PUBLISH_RATE = env.float("PUBLISH_RATE", default=10.0)  # per connection, per second
 PUBLISH_BURST = env.float("PUBLISH_BURST", default=30.0)
-USER_PUBLISH_RATE = env.float("USER_PUBLISH_RATE", default=20.0)  # per user and process
+# Per user. In Redis a moving window of USER_PUBLISH_BURST per ceil(burst / rate) seconds.
+USER_PUBLISH_RATE = env.float("USER_PUBLISH_RATE", default=20.0)
 USER_PUBLISH_BURST = env.float("USER_PUBLISH_BURST", default=60.0)
-TYPING_RATE = env.float("TYPING_RATE", default=2.0)
+TYPING_RATE = env.float("TYPING_RATE", default=2.0)  # per connection; per user twice this
 TYPING_BURST = env.float("TYPING_BURST", default=5.0)
 # After RATE_STRIKES refusals (refilled at RATE_STRIKES_PER_SECOND) the socket is closed, 1008.
 RATE_STRIKES = env.float("RATE_STRIKES", default=20.0)
 RATE_STRIKES_PER_SECOND = env.float("RATE_STRIKES_PER_SECOND", default=1.0)
-MAX_CONNECTIONS_PER_USER = env.int("MAX_CONNECTIONS_PER_USER", default=20)
+MAX_CONNECTIONS_PER_USER = env.int("MAX_CONNECTIONS_PER_USER", default=20)  # per user
+# With REDIS_URL each process re-announces its sockets every CONNECTION_REFRESH_SECONDS; those
+# of a process that died stop counting CONNECTION_TTL_SECONDS after its last refresh.
+CONNECTION_TTL_SECONDS = env.float("CONNECTION_TTL_SECONDS", default=60.0)
+CONNECTION_REFRESH_SECONDS = env.float("CONNECTION_REFRESH_SECONDS", default=15.0)
+# Each Redis call of the limits waits this long at most; after a failure, the per-process limits
+# apply and Redis is tried again LIMITS_REDIS_RETRY_SECONDS later.
+LIMITS_REDIS_TIMEOUT = env.float("LIMITS_REDIS_TIMEOUT", default=0.3)
+LIMITS_REDIS_RETRY_SECONDS = env.float("LIMITS_REDIS_RETRY_SECONDS", default=1.0)
 # The longest a socket waits on one database call before answering `unavailable`.
 DATABASE_DEADLINE_SECONDS = env.float("DATABASE_DEADLINE_SECONDS", default=10.0)
 # A socket that cannot catch up within this many seconds is closed (4002); it resumes with since.

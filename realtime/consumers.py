@@ -112,7 +112,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         self.token_id = self.scope.get("token_id")
         await self.accept()
         self.writer = writer_for(self.base_send)
-        user_state = limits.connect(user.pk)
+        user_state = await limits.connect(user.pk)
         if user_state is None:
             await self.send(
                 protocol.error_frame("rate_limited", "too many connections for this user")
@@ -187,7 +187,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             _sweep_connections()
 
     async def publish(self, command: Publish) -> None:
-        if not self.limits.allow_publish():
+        if not await self.limits.allow_publish():
             raise RateLimited("too many messages; slow down")
         room = await self._room(command.room)
         sent = await db(send_message(self.user, room, command.body, command.client_msg_id))
@@ -223,7 +223,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         await self._catch_up(entry, check_database=False)
 
     async def typing(self, command: Typing) -> None:
-        if not self.limits.allow_typing():
+        if not await self.limits.allow_typing():
             raise RateLimited("too many typing notices; slow down")
         await send_typing(self.user, await self._room(command.room))
 

@@ -1,5 +1,6 @@
-"""Helpers for the fault tests: a ledger that checks every delivery, clients that come back,
-a websocket client whose reads the test controls, and gauges of a pod's process.
+"""Helpers for the fault tests: Redis servers of their own, a ledger that checks every
+delivery, clients that come back, a websocket client whose reads the test controls, and
+gauges of a pod's process.
 
 The `Ledger` is the one assertion of docs/guarantees.md: every publish is recorded
 with the seq its ack gave, every delivery with the frame that carried it, and at the
@@ -17,10 +18,13 @@ import os
 import socket
 import struct
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+from pytest_redis.config import get_config
+from pytest_redis.executor import RedisExecutor
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from tests.e2e.servers import (
@@ -29,6 +33,7 @@ from tests.e2e.servers import (
     Stack,
     base_env,
     create_database,
+    free_port,
     issue_tokens,
     manage,
 )
@@ -59,6 +64,83 @@ def build_stack(pg: Any, redis_url: str, log_dir: Path, database: str = "faults"
 # Reconnecting after a refused connection: nothing announces the pod (or Redis) is back.
 RETRY_PAUSE = 0.1
 RECONNECT_WITHIN = 30.0
+
+
+@contextlib.contextmanager
+def redis_server(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    *,
+    idle_timeout: int = 0,
+) -> Iterator[RedisExecutor]:
+    """A throwaway Redis server on a free port, stopped at the end.
+
+    `idle_timeout` is Redis' `timeout`: it closes a client idle that long. 0 (Redis'
+    own default) never does; pytest-redis' session server closes them after 15 s.
+    """
+    config = get_config(request)
+    port = free_port()
+    assert port not in FORBIDDEN_PORTS, "refusing the machine's own Redis"
+    executor = RedisExecutor(
+        executable=config.exec,
+        databases=config.db_count,
+        redis_timeout=idle_timeout,
+        loglevel=config.loglevel,
+        host="127.0.0.1",
+        port=port,
+        startup_timeout=30,
+        # A short path: the unix socket's must stay under 107 characters.
+        datadir=tmp_path_factory.mktemp("redis"),
+    )
+    executor.start()
+    try:
+        yield executor
+    finally:
+        executor.stop()
+
+
+def redis_url(server: RedisExecutor) -> str:
+    return f"redis://{server.host}:{server.port}/0"
+
+
+async def assert_cap_refuses(pod: Pod, token: str, *, within: float = 3.0) -> None:
+    """A new socket on the pod gets `rate_limited`, then close 1008, within the time."""
+    client = await WsClient.connect(pod.ws_url, token=token, name=f"over the cap@{pod.name}")
+    try:
+        error = await client.wait_for(lambda f: f["type"] == "error", within=within)
+        assert error["code"] == "rate_limited", error
+        assert await client.wait_closed(within=within) == 1008
+    finally:
+        await client.close()
+
+
+async def publish_burst(clients: list[WsClient], room: str, count: int) -> list[Frame]:
+    """Publish `count` messages round-robin over the clients without waiting; the answers."""
+    sent = []
+    for n in range(count):
+        client = clients[n % len(clients)]
+        frame = {"ref": client.new_ref(), **publish_frame(room, f"burst {n}")}
+        await client.send(frame)
+        sent.append((client, frame["ref"]))
+    return [await client.reply(ref) for client, ref in sent]
+
+
+async def connect_under_cap(pod: Pod, token: str, *, within: float = 3.0) -> WsClient:
+    """A connection the cap lets in, allowing for hang-ups the server has not processed yet."""
+    refusal: list[Frame] = []
+    try:
+        async with asyncio.timeout(within):
+            while True:
+                client = await WsClient.connect(pod.ws_url, token=token)
+                # Closed before the pong: refused.
+                with contextlib.suppress(AssertionError, ConnectionClosed):
+                    await client.ping()
+                    return client
+                refusal = client.frames
+                # Nothing announces that the server has processed the earlier hang-ups.
+                await asyncio.sleep(RETRY_PAUSE)
+    except TimeoutError:
+        raise AssertionError(f"the user is locked out of {pod.name}: {refusal}") from None
 
 
 class Ledger:

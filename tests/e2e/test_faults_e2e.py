@@ -21,31 +21,32 @@ from typing import Any
 import pytest
 import redis
 from pytest_postgresql import factories as pg_factories
-from pytest_redis.config import get_config
 from pytest_redis.executor import RedisExecutor
 from websockets.exceptions import ConnectionClosed
 
 from tests.e2e.faults import (
-    RETRY_PAUSE,
     Ledger,
     RawWs,
     ReturningClient,
+    assert_cap_refuses,
     build_stack,
+    connect_under_cap,
     holds_connection,
     open_fds,
     pid_of,
     poll_until,
+    publish_burst,
+    redis_server,
+    redis_url,
     rss_bytes,
     tcp_sockets,
 )
 from tests.e2e.servers import (
-    FORBIDDEN_PORTS,
     Http,
     Pod,
     SpawnPod,
     Stack,
     create_room_sync,
-    free_port,
     history,
 )
 from tests.e2e.wsclient import (
@@ -63,39 +64,6 @@ pytestmark = pytest.mark.e2e
 fault_postgresql_proc = pg_factories.postgresql_proc(
     port=None, executable=str(Path(__file__).parents[1] / "bin" / "pg_ctl")
 )
-
-
-@contextlib.contextmanager
-def redis_server(
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
-    *,
-    idle_timeout: int = 0,
-) -> Iterator[RedisExecutor]:
-    """A throwaway Redis server on a free port, stopped at the end.
-
-    `idle_timeout` is Redis' `timeout`: it closes a client idle that long. 0 (Redis'
-    own default) never does; pytest-redis' session server closes them after 15 s.
-    """
-    config = get_config(request)
-    port = free_port()
-    assert port not in FORBIDDEN_PORTS, "refusing the machine's own Redis"
-    executor = RedisExecutor(
-        executable=config.exec,
-        databases=config.db_count,
-        redis_timeout=idle_timeout,
-        loglevel=config.loglevel,
-        host="127.0.0.1",
-        port=port,
-        startup_timeout=30,
-        # A short path: the unix socket's must stay under 107 characters.
-        datadir=tmp_path_factory.mktemp("redis"),
-    )
-    executor.start()
-    try:
-        yield executor
-    finally:
-        executor.stop()
 
 
 @pytest.fixture
@@ -118,10 +86,6 @@ async def returning() -> AsyncIterator[Callable[..., ReturningClient]]:
 
     yield make
     await asyncio.gather(*(client.close() for client in made))
-
-
-def redis_url(server: RedisExecutor) -> str:
-    return f"redis://{server.host}:{server.port}/0"
 
 
 def restart_redis(server: RedisExecutor, during: Callable[[], None] = lambda: None) -> None:
@@ -314,22 +278,47 @@ async def test_sockets_dropped_by_a_redis_restart_do_not_count_against_the_conne
         await client.close()
 
 
-async def connect_under_cap(pod: Pod, token: str, *, within: float = 3.0) -> WsClient:
-    """A connection the cap lets in, allowing for hang-ups the server has not processed yet."""
-    refusal: list[Frame] = []
-    try:
-        async with asyncio.timeout(within):
-            while True:
-                client = await WsClient.connect(pod.ws_url, token=token)
-                # Closed before the pong: refused.
-                with contextlib.suppress(AssertionError, ConnectionClosed):
-                    await client.ping()
-                    return client
-                refusal = client.frames
-                # Nothing announces that the server has processed the earlier hang-ups.
-                await asyncio.sleep(RETRY_PAUSE)
-    except TimeoutError:
-        raise AssertionError(f"the user is locked out of {pod.name}: {refusal}") from None
+OUTAGE_BUDGET = 3
+
+
+async def test_with_redis_stopped_per_user_limits_are_each_pods_own_until_it_is_back(
+    stack: Stack, spawn_pod: SpawnPod, own_redis: RedisExecutor, sockets: Sockets, room: str
+) -> None:
+    env = {
+        "REDIS_URL": redis_url(own_redis),
+        "MAX_CONNECTIONS_PER_USER": "2",
+        "USER_PUBLISH_RATE": "0.1",  # no refill within the test
+        "USER_PUBLISH_BURST": str(OUTAGE_BUDGET),
+        "PUBLISH_RATE": "1000",
+        "PUBLISH_BURST": "1000",
+        "RATE_STRIKES": "1000",
+        "CONNECTION_REFRESH_SECONDS": "0.5",
+    }
+    pod = spawn_pod("pod-limits-outage", env)
+    held = [await sockets.open(pod, "bob") for _ in range(2)]
+    for client in held:
+        await client.ping()
+    with redis.Redis(host=own_redis.host, port=own_redis.port) as client:
+        client.config_set("save", "")  # it comes back empty
+    await asyncio.to_thread(own_redis.stop)
+
+    # The cap holds on the pod's own count, answered without waiting on Redis.
+    await assert_cap_refuses(pod, stack.tokens["bob"], within=2.0)
+    # And the user's budget is the pod's own: of a burst of twice it, exactly it gets through.
+    answers = await publish_burst(held, room, 2 * OUTAGE_BUDGET)
+    assert [a["type"] for a in answers].count("ack") == OUTAGE_BUDGET, answers
+    assert [a.get("code") for a in answers].count("rate_limited") == OUTAGE_BUDGET, answers
+
+    await asyncio.to_thread(own_redis.start)
+    # Back on Redis: the pod announces its live sockets again, and budgets live there.
+    with redis.Redis(host=own_redis.host, port=own_redis.port) as client:
+
+        def counted() -> int:
+            return sum(client.zcard(key) for key in client.scan_iter("chat:conns:*"))
+
+        await poll_until(lambda: counted() == 2, within=5.0)
+        await held[0].publish(room, "after the outage")
+        assert list(client.scan_iter("chat:limits:*")), "the budget is not kept in Redis"
 
 
 async def test_redis_connections_closed_by_the_server_while_idle_are_opened_again(
