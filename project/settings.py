@@ -168,6 +168,8 @@ if SECURE:
 WS_MAX_FRAME_BYTES = 64 * 1024
 MESSAGE_MAX_CHARS = 4000
 BACKFILL_BATCH = env.int("BACKFILL_BATCH", default=500)
+# The most publishes to one room a process stores in one transaction (realtime/publisher.py).
+PUBLISH_BATCH_MAX = env.int("PUBLISH_BATCH_MAX", default=100)
 
 LOGGING = {
     "version": 1,

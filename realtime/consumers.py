@@ -20,17 +20,17 @@ from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from channels.consumer import get_handler_name
-from channels.db import aclose_old_connections, database_sync_to_async
+from channels.db import aclose_old_connections
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
 
-from realtime import limits, protocol
+from realtime import limits, protocol, publisher
 from realtime.fanout import Subscription, get_fanout
 from realtime.protocol import Ping, Publish, Subscribe, Typing, Unsubscribe
 from realtime.wire import writer_for
 from web.access import aget_room_for_user, alast_seq, amessages_after
-from web.actions import do_send_message, do_typing
+from web.actions import Outgoing, do_typing
 from web.errors import ApiError, RateLimited, Unavailable
 from web.models import Room
 
@@ -42,10 +42,8 @@ CLOSE_POLICY = 1008  # flooding, or too many connections
 CLOSE_TOO_LARGE = 1009
 CLOSE_SESSION_ENDED = 4001  # logged out, deactivated, or the token was revoked
 CLOSE_TOO_SLOW = 4002  # could not keep up; reconnect and resume with `since`
+ROOMS_REMEMBERED = 64  # access-checked rooms a socket keeps, beyond those it subscribes to
 
-# Publishes run on the thread pool, each thread with its own pooled connection, so one slow
-# room does not queue every publish of the process behind it; the room's row lock orders them.
-send_message = database_sync_to_async(do_send_message, thread_sensitive=False)
 # Not a database call: a blocking Redis PUBLISH, so off the event loop.
 send_typing = sync_to_async(do_typing, thread_sensitive=False)
 
@@ -102,6 +100,8 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         """Called when a WebSocket connection is opened: authenticate, then accept."""
         user = self.scope.get("user")
         self.subs: dict[int, RoomSub] = {}
+        # Rooms this socket was let into, by slug: publishing is not a query per message.
+        self.rooms: dict[str, Room] = {}
         self.counted = False
         if user is None or not user.is_authenticated:
             # Closing before accept makes the server answer the handshake with HTTP 403.
@@ -129,6 +129,22 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
 
     async def disconnect(self, code: int) -> None:
         self._release()
+
+    async def send(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False
+    ) -> None:
+        self._flush()
+        await super().send(text_data, bytes_data, close)
+
+    async def close(self, code: int | None = None, reason: str | None = None) -> None:
+        self._flush()
+        await super().close(code, reason)
+
+    def _flush(self) -> None:
+        # Frames the fan-out queued for this socket in this turn go out before anything else.
+        writer = getattr(self, "writer", None)
+        if writer is not None:
+            writer.flush()
 
     def _release(self) -> None:
         for room_id in list(getattr(self, "subs", {})):
@@ -190,7 +206,9 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         if not await self.limits.allow_publish():
             raise RateLimited("too many messages; slow down")
         room = await self._room(command.room)
-        sent = await db(send_message(self.user, room, command.body, command.client_msg_id))
+        sent = await db(
+            publisher.publish(Outgoing(self.user, room, command.body, command.client_msg_id))
+        )
         ack = {
             "type": "ack",
             "ref": command.ref,
@@ -201,7 +219,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         await self.send(protocol.dumps(ack))
 
     async def subscribe(self, command: Subscribe) -> None:
-        room = await db(aget_room_for_user(self.user, command.room))
+        room = self._remember(await db(aget_room_for_user(self.user, command.room)))
         self._drop(room.pk)  # subscribing again restarts from the new `since`
         entry = RoomSub(room, Subscription(room.pk, self.writer, self._behind))
         self.subs[room.pk] = entry
@@ -244,6 +262,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             asyncio.get_running_loop().create_task(handler(event), context=contextvars.Context())
 
     async def room_revoked(self, event: dict[str, Any]) -> None:
+        self.rooms.pop(event["room"], None)
         if event["room_id"] in self.subs:
             self._drop(event["room_id"])
             await self.send(
@@ -327,11 +346,17 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
     # Helpers.
 
     async def _room(self, slug: str) -> Room:
-        # A subscribed room was access-checked at subscribe; losing access pushes room.revoked.
-        for entry in self.subs.values():
-            if entry.room.slug == slug:
-                return entry.room
-        return await db(aget_room_for_user(self.user, slug))
+        # Access is checked once per socket and room; losing it pushes room.revoked.
+        room = self.rooms.get(slug)
+        if room is None:
+            room = self._remember(await db(aget_room_for_user(self.user, slug)))
+        return room
+
+    def _remember(self, room: Room) -> Room:
+        if room.slug not in self.rooms and len(self.rooms) >= ROOMS_REMEMBERED:
+            del self.rooms[next(iter(self.rooms))]
+        self.rooms[room.slug] = room
+        return room
 
     def _drop(self, room_id: int) -> None:
         entry = self.subs.pop(room_id, None)

@@ -19,15 +19,20 @@ from realtime.groups import room_group, user_group
 logger = logging.getLogger(__name__)
 
 
-def send_message(room_id: int, seq: int, frame: dict[str, Any]) -> None:
-    """Broadcast a stored message (`chat.message`) to the room's subscribers."""
-    event = {
-        "type": "chat.message",
-        "room_id": room_id,
-        "seq": seq,
-        "text": orjson.dumps(frame).decode(),
-    }
-    _publish(room_group(room_id), event)
+def send_messages(room_id: int, messages: list[tuple[int, dict[str, Any]]]) -> None:
+    """Broadcast stored messages (seq, frame), in seq order, to the room's subscribers."""
+    _publish(
+        room_group(room_id),
+        *(
+            {
+                "type": "chat.message",
+                "room_id": room_id,
+                "seq": seq,
+                "text": orjson.dumps(frame).decode(),
+            }
+            for seq, frame in messages
+        ),
+    )
 
 
 def send_typing(room_id: int, room_slug: str, username: str) -> None:
@@ -57,12 +62,16 @@ def send_session_ended(
     )
 
 
-def _publish(group: str, event: dict[str, Any]) -> None:
+def _publish(group: str, *events: dict[str, Any]) -> None:
+    """Send events to one group, in order (a room's in one round trip to Redis)."""
     try:
         if group.startswith("room."):
-            fanout.publish(event["room_id"], event["seq"], event["text"])
+            fanout.publish_many(
+                int(group.removeprefix("room.")), [(e["seq"], e["text"]) for e in events]
+            )
         else:
-            fanout.publish_user(group.removeprefix("user."), event)
+            for event in events:
+                fanout.publish_user(group.removeprefix("user."), event)
     except Exception:
         # What an action committed stays committed; subscribers fill the gap from the
         # database on the next message or after the feed reconnects. A broadcast failure

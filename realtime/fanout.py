@@ -236,9 +236,16 @@ def reset_fanout() -> None:
     _fanout = None
 
 
+def publish_many(room_id: int, messages: list[tuple[int, str]]) -> None:
+    """Hand committed messages (seq, frame text) to every process's fan-out, in order."""
+    get_fanout().backend.publish(
+        ROOM_PREFIX + str(room_id), *(_encode(room_id, seq, text) for seq, text in messages)
+    )
+
+
 def publish(room_id: int, seq: int, text: str) -> None:
-    """Hand a committed message to every process's fan-out (realtime/events.py calls this)."""
-    get_fanout().backend.publish(ROOM_PREFIX + str(room_id), _encode(room_id, seq, text))
+    """Hand one room event (a message or, with seq EPHEMERAL, a typing notice) to the fan-out."""
+    publish_many(room_id, [(seq, text)])
 
 
 def publish_user(user_id: Any, event: dict[str, Any]) -> None:

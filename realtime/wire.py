@@ -33,30 +33,58 @@ class Writer(Protocol):
     def write(self, frame: bytes, text: str) -> bool:
         """Queue one message for the socket; False when the socket cannot keep up."""
 
+    def flush(self) -> None:
+        """Hand what write() queued to the socket now (before any other send to it)."""
+
     def close_now(self, code: int, reason: str) -> bool:
         """Queue a close frame behind what is buffered, and drop the connection if the
         client has not read up to it within CLOSE_GRACE_SECONDS. False if it cannot."""
 
 
 class DirectWriter:
-    """Writes frame bytes to a uvicorn websockets-sansio connection's transport."""
+    """Writes frame bytes to a uvicorn websockets-sansio connection's transport.
 
-    __slots__ = ("proto",)
+    Frames written in one turn of the event loop (several messages read from the feed
+    at once, a batch of publishes) go to each socket as one write: one system call per
+    socket per turn, not per message. The writes happen when the turn's other
+    callbacks have run (loop.call_soon), so nothing waits on a timer.
+    """
+
+    __slots__ = ("pending", "pending_bytes", "proto")
 
     def __init__(self, proto: Any):
         self.proto = proto
+        self.pending: list[bytes] | None = None
+        self.pending_bytes = 0
 
     def write(self, frame: bytes, text: str) -> bool:
         proto = self.proto
         transport = proto.transport
         if proto.close_sent or proto.conn.state is not State.OPEN or transport.is_closing():
             return True  # closing anyway; its disconnect cleans up
-        if transport.get_write_buffer_size() > SLOW_BUFFER_BYTES:
+        if transport.get_write_buffer_size() + self.pending_bytes > SLOW_BUFFER_BYTES:
             return False
-        transport.write(frame)
+        if self.pending is None:
+            self.pending = [frame]
+            _cork(self)
+        else:
+            self.pending.append(frame)
+        self.pending_bytes += len(frame)
         return True
 
+    def flush(self) -> None:
+        pending = self.pending
+        if pending is None:
+            return
+        self.pending = None
+        self.pending_bytes = 0
+        transport = self.proto.transport
+        # Nothing may follow a close frame; the client resumes with `since` instead.
+        if not (self.proto.close_sent or transport.is_closing()):
+            transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
     def close_now(self, code: int, reason: str) -> bool:
+        self.flush()
         proto = self.proto
         if proto.close_sent or proto.transport.is_closing():
             return True
@@ -65,6 +93,22 @@ class DirectWriter:
         proto.close_sent = True
         asyncio.get_running_loop().call_later(CLOSE_GRACE_SECONDS, proto.transport.abort)
         return True
+
+
+_corked: list[DirectWriter] = []
+
+
+def _cork(writer: DirectWriter) -> None:
+    if not _corked:
+        asyncio.get_running_loop().call_soon(_uncork)
+    _corked.append(writer)
+
+
+def _uncork() -> None:
+    writers = _corked[:]
+    _corked.clear()
+    for writer in writers:
+        writer.flush()
 
 
 class AsgiWriter:
@@ -83,6 +127,9 @@ class AsgiWriter:
         task = asyncio.ensure_future(self.send({"type": "websocket.send", "text": text}))
         task.add_done_callback(self._done)
         return True
+
+    def flush(self) -> None:
+        pass  # every write is an ASGI send already scheduled in order
 
     def close_now(self, code: int, reason: str) -> bool:
         return False  # nothing to reach below ASGI: the caller closes through it

@@ -72,10 +72,10 @@ def capture_events(
         captured: Captured = []
         real = {name: getattr(events, name) for name in ("_publish",)}
 
-        def recorder(name: str) -> Callable[[str, dict[str, Any]], None]:
-            def record(group: str, event: dict[str, Any]) -> None:
-                captured.append((group, event))
-                real[name](group, event)
+        def recorder(name: str) -> Callable[..., None]:
+            def record(group: str, *events: dict[str, Any]) -> None:
+                captured.extend((group, event) for event in events)
+                real[name](group, *events)
 
             return record
 

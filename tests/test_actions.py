@@ -195,3 +195,132 @@ def test_revoked_tokens_stop_authenticating(alice: Any) -> None:
     assert actions.do_revoke_tokens(ApiToken.objects.filter(user=alice)) == 1
     assert async_to_sync(ApiToken.objects.auser_for)(raw) is None
     assert actions.do_revoke_tokens(ApiToken.objects.filter(user=alice)) == 0
+
+
+@pytest.fixture(params=["one statement", "portable"])
+def store_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test over PostgreSQL's one-statement store and the portable (SQLite) one."""
+    if request.param == "portable":
+        monkeypatch.setattr(connection, "vendor", "portable")
+    return str(request.param)
+
+
+def test_a_batch_is_stored_in_order_with_one_result_per_publish(
+    room: Room, alice: Any, bob: Any, capture_events: CaptureEvents, store_path: str
+) -> None:
+    actions.do_add_member(alice, room, "bob")
+    first = actions.do_send_message(alice, room, "before", "a-0")
+    batch = [
+        actions.Outgoing(alice, room, "one", "a-1"),
+        actions.Outgoing(bob, room, "", "b-1"),  # refused: empty
+        actions.Outgoing(bob, room, "two", "b-2"),
+        actions.Outgoing(alice, room, "again", "a-0"),  # a retry of a stored message
+        actions.Outgoing(bob, room, "two, repeated", "b-2"),  # repeats one in this batch
+        actions.Outgoing(alice, room, "three", "a-3"),
+    ]
+    with capture_events(3):
+        results = actions.do_send_messages(batch)
+    assert isinstance(results[1], BadRequest)
+    sent = [r for r in results if not isinstance(r, BadRequest)]
+    assert all(isinstance(r, actions.SentMessage) for r in sent)
+    summary = [(r.message.seq, r.message.body, r.created) for r in sent]  # type: ignore[union-attr]
+    assert summary == [
+        (2, "one", True),
+        (3, "two", True),
+        (first.message.seq, "before", False),
+        (3, "two", False),
+        (4, "three", True),
+    ]
+    assert list(Message.objects.filter(room=room).order_by("seq").values_list("seq", "body")) == [
+        (1, "before"),
+        (2, "one"),
+        (3, "two"),
+        (4, "three"),
+    ]
+    room.refresh_from_db()
+    assert room.last_seq == 4
+
+
+def test_a_batch_broadcasts_its_new_messages_in_seq_order(
+    room: Room, alice: Any, capture_events: CaptureEvents
+) -> None:
+    with capture_events(3) as captured:
+        actions.do_send_messages(
+            [actions.Outgoing(alice, room, f"m{i}", f"c{i}") for i in range(3)]
+        )
+    assert [event["seq"] for _, event in captured] == [1, 2, 3]
+    assert [orjson.loads(event["text"])["body"] for _, event in captured] == ["m0", "m1", "m2"]
+
+
+@pytest.mark.django_db(transaction=True)  # outside a test's transaction, as in production
+def test_a_batch_of_members_is_one_query_on_postgresql(
+    room: Room, alice: Any, django_assert_num_queries: Any
+) -> None:
+    # Rooms from the access helper carry is_member; the batch then only stores.
+    room.is_member = True  # type: ignore[attr-defined]
+    with django_assert_num_queries(1):
+        actions.do_send_messages(
+            [actions.Outgoing(alice, room, f"m{i}", f"c{i}") for i in range(50)]
+        )
+    assert Message.objects.filter(room=room).count() == 50
+
+
+def test_publishing_in_a_public_room_joins_it(alice: Any, bob: Any, store_path: str) -> None:
+    general = Room.objects.get(slug="general")
+    actions.do_send_messages(
+        [actions.Outgoing(alice, general, "hi", "a"), actions.Outgoing(bob, general, "yo", "b")]
+    )
+    members = Membership.objects.filter(room=general, user__in=[alice, bob])
+    assert members.count() == 2
+
+
+def test_a_batch_for_two_rooms_is_refused(room: Room, alice: Any) -> None:
+    general = Room.objects.get(slug="general")
+    with pytest.raises(ValueError, match="one room"):
+        actions.do_send_messages(
+            [actions.Outgoing(alice, room, "a", "a"), actions.Outgoing(alice, general, "b", "b")]
+        )
+    assert not Message.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_racing_batches_with_the_same_retries_store_each_message_once() -> None:
+    # Two processes storing overlapping retries of one sender's publishes at the same time:
+    # the loser of a race on the idempotency constraint stores nothing and tries again.
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.create_user("retrier")
+    room = Room.objects.create(slug="retries", title="retries")
+    results: list[list[tuple[int, str]]] = []
+    lock = threading.Lock()
+    start = threading.Barrier(4)
+
+    def store(offset: int) -> None:
+        try:
+            start.wait(timeout=10)
+            for i in range(0, 40, 4):
+                batch = [
+                    actions.Outgoing(user, room, "m", f"c{(i + offset + j) % 40}") for j in range(6)
+                ]
+                sent = actions.do_send_messages(batch)
+                with lock:
+                    results.append(
+                        [(s.message.seq, s.message.client_msg_id) for s in sent]  # type: ignore[union-attr]
+                    )
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=store, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    stored = list(
+        Message.objects.filter(room=room).order_by("seq").values_list("seq", "client_msg_id")
+    )
+    assert [seq for seq, _ in stored] == list(range(1, len(stored) + 1))
+    assert sorted(cmid for _, cmid in stored) == sorted({f"c{i}" for i in range(40)})
+    by_id = dict((cmid, seq) for seq, cmid in stored)
+    # Every result, winner or retry, names the one stored message.
+    assert all(by_id[cmid] == seq for batch in results for seq, cmid in batch)
+    assert len(results) == 40

@@ -29,6 +29,9 @@ class RecordingWriter:
         self.written.set()
         return True
 
+    def flush(self) -> None:
+        pass
+
     def close_now(self, code: int, reason: str) -> bool:
         self.frames.append(b"<closed>")
         return True

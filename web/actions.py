@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +22,8 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from realtime import events
-from web.errors import BadRequest, Conflict, Forbidden, NotFound, TooLarge
-from web.models import TOKEN_PREFIX, ApiToken, Membership, Message, Room, hash_token
+from web.errors import ApiError, BadRequest, Conflict, Forbidden, NotFound, TooLarge
+from web.models import TOKEN_PREFIX, ApiToken, Draft, Membership, Message, Room, hash_token
 
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$")
 CLIENT_MSG_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -105,43 +106,75 @@ class SentMessage:
     frame: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Outgoing:
+    """One publish of a batch: the sender, the sender's view of the room, and the message."""
+
+    sender: User
+    room: Room
+    body: str
+    client_msg_id: str
+
+
 def do_send_message(sender: User, room: Room, body: str, client_msg_id: str) -> SentMessage:
     """Store a message with the room's next seq, then broadcast it after commit.
 
     A retry with the same client_msg_id by the same sender returns the stored
     message and broadcasts nothing.
     """
-    body = check_body(body)
-    client_msg_id = check_client_msg_id(client_msg_id)
-    sender_name = sender.get_username()
-    existing = Message.objects.find_retry(room.pk, sender.pk, client_msg_id)
-    if existing is not None:
-        return SentMessage(existing, False, existing.to_event(room.slug, sender_name))
-    if not room.private and not getattr(room, "is_member", False):
-        # Posting in a public room joins it, so it shows up with unread counts. Done before
-        # the room is locked: the lock is held for as few round trips as possible. Rooms from
+    (result,) = do_send_messages([Outgoing(sender, room, body, client_msg_id)])
+    if isinstance(result, ApiError):
+        raise result
+    return result
+
+
+def do_send_messages(batch: Sequence[Outgoing]) -> list[SentMessage | ApiError]:
+    """Store a batch of publishes to one room in order, in one transaction; then broadcast.
+
+    Each publish gets its own result: the stored message, or the error that refused it
+    (refusing one does not refuse the others).
+    """
+    room = batch[0].room
+    if any(o.room.pk != room.pk for o in batch):
+        raise ValueError("a batch holds publishes to one room")
+    results: list[SentMessage | ApiError | None] = [None] * len(batch)
+    valid: list[int] = []
+    for i, out in enumerate(batch):
+        try:
+            check_body(out.body)
+            check_client_msg_id(out.client_msg_id)
+        except ApiError as error:
+            results[i] = error
+        else:
+            valid.append(i)
+    joining = {
+        batch[i].sender.pk: batch[i]
+        for i in valid
+        if not room.private and not getattr(batch[i].room, "is_member", False)
+    }
+    if joining:
+        # Posting in a public room joins it, so it shows up with unread counts. Rooms from
         # aget_room_for_user say whether the sender is a member already: then nothing to do.
         Membership.objects.bulk_create(
-            [Membership(user=sender, room_id=room.pk)], ignore_conflicts=True
+            [Membership(user_id=user_id, room_id=room.pk) for user_id in joining],
+            ignore_conflicts=True,
         )
-        room.is_member = True  # type: ignore[attr-defined]  # the annotation, now true
-    try:
-        with transaction.atomic():
-            # Takes the room's row lock until commit: seqs are assigned and committed in order.
-            seq = Room.objects.take_next_seq(room.pk)
-            message = Message.objects.create(
-                room_id=room.pk, seq=seq, sender=sender, body=body, client_msg_id=client_msg_id
-            )
-            frame = message.to_event(room.slug, sender_name)
-            transaction.on_commit(lambda: events.send_message(room.pk, seq, frame))
-    except IntegrityError:
-        # A concurrent retry of the same publish won the race; the seq taken here rolled back.
-        existing = Message.objects.find_retry(room.pk, sender.pk, client_msg_id)
-        if existing is None:
-            raise
-        return SentMessage(existing, False, existing.to_event(room.slug, sender_name))
-    room.last_seq = seq
-    return SentMessage(message, True, frame)
+    stored = Message.objects.store_batch(
+        room.pk, [Draft(batch[i].sender.pk, batch[i].body, batch[i].client_msg_id) for i in valid]
+    )
+    created: list[tuple[int, dict[str, Any]]] = []
+    for i, (message, is_new) in zip(valid, stored, strict=True):
+        out = batch[i]
+        out.room.is_member = True  # type: ignore[attr-defined]  # the annotation, now true
+        frame = message.to_event(room.slug, out.sender.get_username())
+        results[i] = SentMessage(message, is_new, frame)
+        if is_new:
+            created.append((message.seq, frame))
+            out.room.last_seq = max(out.room.last_seq, message.seq)
+    if created:
+        created.sort(key=lambda seq_frame: seq_frame[0])
+        transaction.on_commit(lambda: events.send_messages(room.pk, created))
+    return [r for r in results if r is not None]
 
 
 def do_mark_read(user: User, room: Room, seq: int) -> int:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
-from django.db import connection, models
+from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Exists, OuterRef, Q
 
 if TYPE_CHECKING:
@@ -62,13 +65,13 @@ class RoomManager(models.Manager["Room"]):
         member = Membership.objects.filter(room=OuterRef("pk"), user=user)
         return self.filter(Q(private=False) | Exists(member))
 
-    def take_next_seq(self, room_id: int) -> int:
-        """Increment the room's last_seq and return it; the row stays locked until commit."""
+    def take_seqs(self, room_id: int, count: int) -> int:
+        """Add `count` to the room's last_seq and return it; the row stays locked until commit."""
         with connection.cursor() as cursor:
             cursor.execute(
-                f"UPDATE {Room._meta.db_table} SET last_seq = last_seq + 1 "  # noqa: S608 -- table name from the model
+                f"UPDATE {Room._meta.db_table} SET last_seq = last_seq + %s "  # noqa: S608 -- table name from the model
                 "WHERE id = %s RETURNING last_seq",
-                [room_id],
+                [count, room_id],
             )
             row = cursor.fetchone()
         if row is None:
@@ -116,11 +119,123 @@ class Membership(models.Model):
         return f"{self.user_id} in {self.room_id}"
 
 
+STORE_ATTEMPTS = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """A message to store: who sends it, what, and the client's id for retries."""
+
+    sender_id: Any
+    body: str
+    client_msg_id: str
+
+    @property
+    def key(self) -> tuple[Any, str]:
+        return (self.sender_id, self.client_msg_id)
+
+
 class MessageManager(models.Manager["Message"]):
     def find_retry(self, room_id: int, sender_id: Any, client_msg_id: str) -> Message | None:
         return self.filter(
             room_id=room_id, sender_id=sender_id, client_msg_id=client_msg_id
         ).first()
+
+    def store_batch(self, room_id: int, drafts: Sequence[Draft]) -> list[tuple[Message, bool]]:
+        """Store drafts with the room's next seqs, in order; one (message, created) per draft.
+
+        A draft whose (sender, client_msg_id) is stored already, or repeats one earlier
+        in the batch, gets that message back with created=False and takes no seq.
+        """
+        firsts: dict[tuple[Any, str], Draft] = {}
+        for d in drafts:
+            firsts.setdefault(d.key, d)
+        unique = list(firsts.values())
+        for attempt in range(1, STORE_ATTEMPTS + 1):
+            try:
+                # Outside a transaction the statement commits by itself; inside one (tests,
+                # callers' atomic blocks) a savepoint keeps a lost race from poisoning it.
+                scope = transaction.atomic() if connection.in_atomic_block else nullcontext()
+                with scope:
+                    if connection.vendor == "postgresql":
+                        stored = self._store_in_one_statement(room_id, unique)
+                    else:
+                        stored = self._store_portably(room_id, unique)
+                break
+            except IntegrityError:
+                # A concurrent retry of one of these drafts committed after this statement's
+                # snapshot: nothing was stored and no seq taken. The next attempt sees it;
+                # it fails again only if yet another such retry commits meanwhile.
+                if attempt == STORE_ATTEMPTS:
+                    raise
+        by_key = {(m.sender_id, m.client_msg_id): (m, created) for m, created in stored}
+        if len(by_key) != len(unique):
+            raise Room.DoesNotExist(f"room {room_id} is gone")
+        results = []
+        for d in drafts:
+            results.append(by_key[d.key])
+            by_key[d.key] = (by_key[d.key][0], False)  # a repeat in this batch is a retry
+        return results
+
+    def _store_in_one_statement(
+        self, room_id: int, drafts: list[Draft]
+    ) -> list[tuple[Message, bool]]:
+        """One round trip, committed on its own: the room's row lock is held only for this
+        statement and its commit, so publishes to one room follow each other closely."""
+        with connection.cursor() as cursor:
+            cursor.execute(
+                STORE_BATCH_SQL,
+                {
+                    "room": room_id,
+                    "senders": [d.sender_id for d in drafts],
+                    "bodies": [d.body for d in drafts],
+                    "ids": [d.client_msg_id for d in drafts],
+                },
+            )
+            rows = cursor.fetchall()
+        return [
+            (
+                Message(
+                    id=pk,
+                    room_id=room_id,
+                    seq=seq,
+                    sender_id=sender_id,
+                    body=body,
+                    client_msg_id=client_msg_id,
+                    created_at=created_at,
+                ),
+                created,
+            )
+            for pk, seq, sender_id, body, client_msg_id, created_at, created in rows
+        ]
+
+    def _store_portably(self, room_id: int, drafts: list[Draft]) -> list[tuple[Message, bool]]:
+        """The same with the ORM, for SQLite (`make run`)."""
+        with transaction.atomic():
+            existing = {
+                (m.sender_id, m.client_msg_id): m
+                for m in self.filter(
+                    room_id=room_id, client_msg_id__in=[d.client_msg_id for d in drafts]
+                )
+            }
+            keys = {d.key for d in drafts}
+            fresh = [d for d in drafts if d.key not in existing]
+            stored = [(m, False) for key, m in existing.items() if key in keys]
+            if fresh:
+                last = Room.objects.take_seqs(room_id, len(fresh))
+                first = last - len(fresh) + 1
+                created = self.bulk_create(
+                    Message(
+                        room_id=room_id,
+                        seq=first + i,
+                        sender_id=d.sender_id,
+                        body=d.body,
+                        client_msg_id=d.client_msg_id,
+                    )
+                    for i, d in enumerate(fresh)
+                )
+                stored += [(m, True) for m in created]
+        return stored
 
     def page_after(self, room_id: int, after: int, limit: int) -> models.QuerySet[Message]:
         return (
@@ -174,3 +289,39 @@ class Message(models.Model):
             "client_msg_id": self.client_msg_id,
             "ts": self.created_at.isoformat().replace("+00:00", "Z"),
         }
+
+
+# Message.objects.store_batch on PostgreSQL. Drafts already stored (a retry) are returned as
+# they are; the rest are numbered in order after the room's last_seq, which the UPDATE
+# advances under the room's row lock. All parts of one statement run on one snapshot: a
+# retry committed by another process after it began makes the INSERT fail on the
+# idempotency constraint, and the whole statement (seqs included) rolls back.
+STORE_BATCH_SQL = """
+WITH draft AS (
+    SELECT * FROM unnest(%(senders)s::bigint[], %(bodies)s::text[], %(ids)s::text[])
+        WITH ORDINALITY AS d(sender_id, body, client_msg_id, ord)
+), stored AS (
+    SELECT m.id, m.seq, m.sender_id, m.body, m.client_msg_id, m.created_at
+    FROM web_message m JOIN draft d
+        ON m.room_id = %(room)s AND m.sender_id = d.sender_id
+        AND m.client_msg_id = d.client_msg_id
+), fresh AS (
+    SELECT d.*, row_number() OVER (ORDER BY d.ord) AS n FROM draft d
+    WHERE NOT EXISTS (
+        SELECT 1 FROM stored s
+        WHERE s.sender_id = d.sender_id AND s.client_msg_id = d.client_msg_id
+    )
+), room AS (
+    UPDATE web_room SET last_seq = last_seq + (SELECT count(*) FROM fresh)
+    WHERE id = %(room)s RETURNING last_seq
+), inserted AS (
+    INSERT INTO web_message (room_id, seq, sender_id, body, client_msg_id, created_at)
+    SELECT %(room)s, room.last_seq - (SELECT count(*) FROM fresh) + fresh.n,
+        fresh.sender_id, fresh.body, fresh.client_msg_id, now()
+    FROM fresh CROSS JOIN room
+    RETURNING id, seq, sender_id, body, client_msg_id, created_at
+)
+SELECT *, true FROM inserted
+UNION ALL
+SELECT *, false FROM stored
+"""
