@@ -56,7 +56,7 @@ class Plan:
 FULL = Plan(
     quick=False,
     fanout=Load(200, 1, 10, 0, duration=8, warmup=2),
-    fanout_rates=(5, 10, 20, 50, 100, 200, 300, 400, 500, 600, 800, 1000, 1200, 1500),
+    fanout_rates=(5, 10, 20, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 1200, 1500),
     idle=Load(5000, 100, 0, 0, duration=6, warmup=0),
     rooms=Load(1000, 100, 20, 0, duration=8, warmup=2),
     rooms_rates=(50, 100, 200, 400, 800, 1600, 3200, 6400),
