@@ -3,7 +3,8 @@
     python -m bench.profile --rate 400 [--target product] [--duration 12] [--py-spy PATH]
 
 Starts its own Redis and PostgreSQL (bench/services.py), one server process and
-one `chat-loadtest` (200 subscribers, 10 publishers, one room), and prints the
+one `chat-loadtest` (by default 200 subscribers, 10 publishers, one room; scenario 3
+is `--rooms 100 --connections 1000 --publishers 20`), and prints the
 report's headline. With --py-spy it records the server for 5 seconds mid-run
 (py-spy's raw format: one stack per line with its sample count) into
 bench/results/. py-spy is not a dependency: point --py-spy at an installed one.
@@ -27,6 +28,9 @@ def main() -> int:
     parser.add_argument("--rate", type=float, required=True, help="messages/s, all publishers")
     parser.add_argument("--target", default="product", choices=("floor", "product", "ceiling"))
     parser.add_argument("--duration", type=float, default=12.0)
+    parser.add_argument("--rooms", type=int, default=1, help="100 for scenario 3's shape")
+    parser.add_argument("--connections", type=int, default=200)
+    parser.add_argument("--publishers", type=int, default=10)
     parser.add_argument("--py-spy", help="path to a py-spy executable: sample the server")
     args = parser.parse_args()
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -37,14 +41,18 @@ def main() -> int:
         services.start()
         services.manage("migrate", "--noinput")
         tokens = services.tmp / "tokens.json"
-        services.manage("provision_load", "--users", "300", "--rooms", "1", "--out", str(tokens))
+        services.manage(
+            *("provision_load", "--users", str(args.connections + args.publishers + 100)),
+            *("--rooms", str(args.rooms), "--out", str(tokens)),
+        )
         (server,) = services.start_servers(args.target, 1)
         report = results / "report.json"
         load = subprocess.Popen(
             [
                 str(BIN / "chat-loadtest"),
-                *("--url", server.url, "--tokens", str(tokens), "--rooms", "1"),
-                *("--connections", "200", "--publishers", "10", "--rate", str(args.rate)),
+                *("--url", server.url, "--tokens", str(tokens), "--rooms", str(args.rooms)),
+                *("--connections", str(args.connections), "--publishers", str(args.publishers)),
+                *("--rate", str(args.rate)),
                 *("--duration", str(args.duration), "--warmup", "1", "--procs", "2"),
                 *("--json", str(report), "--quiet"),
             ],
