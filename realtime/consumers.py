@@ -31,7 +31,7 @@ from realtime.protocol import Ping, Publish, Subscribe, Typing, Unsubscribe
 from realtime.wire import writer_for
 from web.access import aget_room_for_user, alast_seq, amessages_after
 from web.actions import Outgoing, do_typing
-from web.errors import ApiError, RateLimited, Unavailable
+from web.errors import ApiError, Forbidden, NotFound, RateLimited, Unavailable
 from web.models import Room
 
 logger = logging.getLogger(__name__)
@@ -269,6 +269,18 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
                 protocol.dumps({"type": "unsubscribed", "room": event["room"], "reason": "removed"})
             )
 
+    async def rooms_recheck(self, event: dict[str, Any]) -> None:
+        """The feed was lost for a while: forget checked rooms, and check private ones again."""
+        self.rooms.clear()
+        for entry in [e for e in self.subs.values() if e.room.private]:
+            try:
+                await db(aget_room_for_user(self.user, entry.room.slug))
+            except (Forbidden, NotFound):
+                await self.room_revoked({"room_id": entry.room.pk, "room": entry.room.slug})
+            except DatabaseError:
+                # Cannot tell now: stop sending it; the client resubscribes (access checked).
+                await self._resync(entry)
+
     async def session_ended(self, event: dict[str, Any]) -> None:
         session_key, token_ids = event.get("session_key"), event.get("token_ids")
         if session_key is not None and session_key != self.session_key:
@@ -303,12 +315,16 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
                 await self.close(code=CLOSE_TOO_SLOW)
         except DatabaseError:
             logger.warning("cannot catch up %s; asking the client to resync", entry.room.slug)
-            self._drop(entry.room.pk)
-            await self.send(
-                protocol.dumps(
-                    {"type": "resync", "room": entry.room.slug, "last_seq": entry.sub.last_sent}
-                )
+            await self._resync(entry)
+
+    async def _resync(self, entry: RoomSub) -> None:
+        """Stop following a room and tell the client to subscribe again with `since`."""
+        self._drop(entry.room.pk)
+        await self.send(
+            protocol.dumps(
+                {"type": "resync", "room": entry.room.slug, "last_seq": entry.sub.last_sent}
             )
+        )
 
     async def _catch_up(self, entry: RoomSub, *, check_database: bool) -> None:
         """Send from the database what the fan-out did not, then go live."""

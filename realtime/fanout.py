@@ -41,6 +41,8 @@ EPHEMERAL = 0  # the seq of events that are not stored messages
 # ones before it, so sockets see order restored once per process, not a hole each.
 REORDER_WAIT = 0.05
 REORDER_MAX_HELD = 1000
+# Sent to every socket of the process after the feed was lost (not published anywhere).
+RECHECK_ROOMS: dict[str, Any] = {"type": "rooms.recheck"}
 
 
 class Subscription:
@@ -195,7 +197,8 @@ class Fanout:
                 sub.on_behind(sub)
 
     def resync_all(self) -> None:
-        """After the feed was interrupted: every subscription checks the database for gaps."""
+        """After the feed was interrupted: every subscription checks the database for gaps,
+        and every socket its room access (a `room.revoked` may have been lost meanwhile)."""
         for subs in self.rooms.values():
             for sub in list(subs):
                 if sub.live:
@@ -203,6 +206,9 @@ class Fanout:
                     sub.on_behind(sub)
                 else:
                     sub.recheck = True
+        for listeners in self.users.values():
+            for listener in list(listeners):
+                listener.on_user_event(RECHECK_ROOMS)
 
 
 def _encode(room_id: int, seq: int, text: str) -> bytes:

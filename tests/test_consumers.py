@@ -14,7 +14,7 @@ from django.test import Client
 from project.asgi import application
 from realtime import events, fanout
 from web import actions
-from web.models import Message, Room
+from web.models import Membership, Message, Room
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -268,6 +268,31 @@ async def test_a_removed_member_stops_receiving(alice: Any, bob: Any, den: Room)
     assert await bob_ws.nothing()
     await bob_ws.send(
         {"type": "publish", "ref": "p", "room": "den", "body": "x", "client_msg_id": "b"}
+    )
+    assert (await bob_ws.recv())["code"] == "forbidden"
+    await communicator.disconnect()
+
+
+async def test_after_a_lost_feed_sockets_check_their_rooms_again(
+    alice: Any, bob: Any, den: Room
+) -> None:
+    await sync_to_async(actions.do_add_member)(alice, den, "bob")
+    communicator, (connected, _) = await connect(await sync_to_async(token_headers)("bob"))
+    assert connected
+    bob_ws = Socket(communicator)
+    await bob_ws.send({"type": "subscribe", "ref": "s", "room": "den"})
+    await bob_ws.until("subscribed")
+    await bob_ws.send(
+        {"type": "publish", "ref": "p", "room": "den", "body": "x", "client_msg_id": "b1"}
+    )
+    await bob_ws.until("ack")
+    # Removed while the feed was down: the room.revoked event is lost with it.
+    await sync_to_async(Membership.objects.filter(room=den, user=bob).delete)()
+    fanout.get_fanout().resync_all()
+    unsubscribed, _ = await bob_ws.until("unsubscribed")
+    assert unsubscribed == {"type": "unsubscribed", "room": "den", "reason": "removed"}
+    await bob_ws.send(
+        {"type": "publish", "ref": "p2", "room": "den", "body": "x", "client_msg_id": "b2"}
     )
     assert (await bob_ws.recv())["code"] == "forbidden"
     await communicator.disconnect()

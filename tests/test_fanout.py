@@ -148,3 +148,17 @@ async def test_a_seq_that_never_comes_is_left_to_the_sockets_to_fill(table: Fano
     await asyncio.sleep(fanout.REORDER_WAIT * 3)
     assert writer.frames == [text_frame("one")]
     assert (behind, sub.max_seen) == ([sub], 3)  # its consumer fills 2 and 3 from the database
+
+
+async def test_a_lost_feed_asks_every_socket_to_check_its_rooms() -> None:
+    table = fanout.Fanout()
+    heard: list[dict[str, Any]] = []
+
+    class Listener:
+        def on_user_event(self, event: dict[str, Any]) -> None:
+            heard.append(event)
+
+    await table.join_user(7, Listener())
+    await table.join_user(8, Listener())
+    table.resync_all()
+    assert heard == [fanout.RECHECK_ROOMS, fanout.RECHECK_ROOMS]
