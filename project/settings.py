@@ -168,8 +168,10 @@ if SECURE:
 WS_MAX_FRAME_BYTES = 64 * 1024
 MESSAGE_MAX_CHARS = 4000
 BACKFILL_BATCH = env.int("BACKFILL_BATCH", default=500)
-# The most publishes to one room a process stores in one transaction (realtime/publisher.py).
+# Publishes a process stores per transaction at most, and transactions it keeps in flight at
+# once (realtime/publisher.py); each in-flight one holds a pooled database connection.
 PUBLISH_BATCH_MAX = env.int("PUBLISH_BATCH_MAX", default=100)
+PUBLISH_IN_FLIGHT = env.int("PUBLISH_IN_FLIGHT", default=2)
 
 LOGGING = {
     "version": 1,

@@ -42,7 +42,7 @@ CLOSE_POLICY = 1008  # flooding, or too many connections
 CLOSE_TOO_LARGE = 1009
 CLOSE_SESSION_ENDED = 4001  # logged out, deactivated, or the token was revoked
 CLOSE_TOO_SLOW = 4002  # could not keep up; reconnect and resume with `since`
-ROOMS_REMEMBERED = 64  # access-checked rooms a socket keeps, beyond those it subscribes to
+ROOMS_REMEMBERED = 256  # access-checked rooms a socket keeps (only those it used)
 
 # Not a database call: a blocking Redis PUBLISH, so off the event loop.
 send_typing = sync_to_async(do_typing, thread_sensitive=False)

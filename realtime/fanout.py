@@ -242,18 +242,22 @@ def reset_fanout() -> None:
     _fanout = None
 
 
-def publish_many(room_id: int, messages: list[tuple[int, str]]) -> None:
-    """Hand committed messages (seq, frame text) to every process's fan-out, in order."""
+def publish_many(messages: list[tuple[int, int, str]]) -> None:
+    """Hand committed messages (room id, seq, frame text) to every process's fan-out, each
+    room's in order (realtime/events.py calls this)."""
     get_fanout().backend.publish(
-        ROOM_PREFIX + str(room_id), *(_encode(room_id, seq, text) for seq, text in messages)
+        *(
+            (ROOM_PREFIX + str(room_id), _encode(room_id, seq, text))
+            for room_id, seq, text in messages
+        )
     )
 
 
 def publish(room_id: int, seq: int, text: str) -> None:
     """Hand one room event (a message or, with seq EPHEMERAL, a typing notice) to the fan-out."""
-    publish_many(room_id, [(seq, text)])
+    publish_many([(room_id, seq, text)])
 
 
 def publish_user(user_id: Any, event: dict[str, Any]) -> None:
     """Hand a user event to every process's sockets of that user."""
-    get_fanout().backend.publish(USER_PREFIX + str(user_id), orjson.dumps(event))
+    get_fanout().backend.publish((USER_PREFIX + str(user_id), orjson.dumps(event)))

@@ -46,8 +46,8 @@ class Backend:
     def unsubscribe(self, channel: str) -> None:
         raise NotImplementedError
 
-    def publish(self, channel: str, *data: bytes) -> None:
-        """Send payloads to a channel, in order."""
+    def publish(self, *items: tuple[str, bytes]) -> None:
+        """Send (channel, payload) pairs, in order."""
         raise NotImplementedError
 
 
@@ -64,7 +64,7 @@ class LocalBackend(Backend):
     def unsubscribe(self, channel: str) -> None:
         pass
 
-    def publish(self, channel: str, *data: bytes) -> None:
+    def publish(self, *items: tuple[str, bytes]) -> None:
         loop = self.loop
         if loop is None or loop.is_closed():
             return  # nobody in this process has ever subscribed
@@ -73,14 +73,14 @@ class LocalBackend(Backend):
         except RuntimeError:
             running = None
         if running is loop:
-            self._deliver(channel, data)
+            self._deliver(items)
         else:
             # An empty context: the caller's (a sync_to_async thread's) must not leak in.
-            loop.call_soon_threadsafe(self._deliver, channel, data, context=contextvars.Context())
+            loop.call_soon_threadsafe(self._deliver, items, context=contextvars.Context())
 
-    def _deliver(self, channel: str, data: tuple[bytes, ...]) -> None:
-        for item in data:
-            self.fanout.deliver(channel, item)
+    def _deliver(self, items: tuple[tuple[str, bytes], ...]) -> None:
+        for channel, data in items:
+            self.fanout.deliver(channel, data)
 
 
 class RedisBackend(Backend):
@@ -195,7 +195,7 @@ class RedisBackend(Backend):
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
 
-    def publish(self, channel: str, *data: bytes) -> None:
+    def publish(self, *items: tuple[str, bytes]) -> None:
         """Called from actions' on_commit (any thread): one PUBLISH per message, a batch's
         PUBLISHes in one round trip."""
         with self._publisher_lock:
@@ -211,12 +211,12 @@ class RedisBackend(Backend):
                     # noticed and reopened instead of failing the next publish.
                     health_check_interval=10,
                 )
-        if len(data) == 1:
-            self._publisher.publish(channel, data[0])
+        if len(items) == 1:
+            self._publisher.publish(*items[0])
             return
         with self._publisher.pipeline(transaction=False) as pipe:
-            for item in data:
-                pipe.publish(channel, item)
+            for channel, data in items:
+                pipe.publish(channel, data)
             pipe.execute()
 
 

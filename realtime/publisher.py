@@ -1,18 +1,19 @@
-"""Publishes from this process's sockets, stored in batches per room.
+"""Publishes from this process's sockets, stored in batches.
 
-Seqs are assigned under the room's row lock, so publishes to one room are stored
-one transaction after another, and each transaction costs a commit (a WAL flush).
-Rather than queue a thread per publish behind the lock, this process keeps at most
-one transaction in flight per room; publishes that arrive meanwhile wait, and the
-next transaction stores all of them at once (web.actions.do_send_messages), in
-arrival order. Under light load a batch holds one publish and adds no delay.
+Every stored message costs a transaction's commit, and seqs are assigned under
+each room's row lock. Rather than a thread and a transaction per publish, this
+process keeps at most PUBLISH_IN_FLIGHT transactions in flight; publishes that
+arrive meanwhile wait, and the next transaction stores them together, for all
+their rooms at once (web.actions.do_send_messages). A room is in at most one
+transaction at a time, so one client's publishes keep their order. Under light
+load a batch holds one publish and adds no delay.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -20,67 +21,81 @@ from django.conf import settings
 from web.actions import Outgoing, SentMessage, do_send_messages
 from web.errors import ApiError
 
-# Each batch on the thread pool with its own pooled connection: one slow room does not hold
-# up the others.
+# Each batch on the thread pool with its own pooled connection.
 send_messages = database_sync_to_async(do_send_messages, thread_sensitive=False)
 
+Waiting = tuple[Outgoing, asyncio.Future[SentMessage]]
 
-@dataclass(eq=False)
-class RoomQueue:
-    waiting: list[tuple[Outgoing, asyncio.Future[SentMessage]]] = field(default_factory=list)
-    task: asyncio.Task[None] | None = None
-
-
-_queues: dict[int, RoomQueue] = {}
+# room id -> publishes waiting for it, in arrival order (rooms in order of first arrival)
+_waiting: dict[int, list[Waiting]] = {}
+_busy: set[int] = set()  # rooms in a transaction now
+_in_flight = 0
 
 
 async def publish(outgoing: Outgoing) -> SentMessage:
-    """Store one publish (with the others waiting for its room) and return its result."""
-    loop = asyncio.get_running_loop()
-    room_id = outgoing.room.pk
-    queue = _queues.get(room_id)
-    if queue is None:
-        queue = _queues[room_id] = RoomQueue()
-    future: asyncio.Future[SentMessage] = loop.create_future()
-    if len(queue.waiting) >= settings.PUBLISH_BATCH_MAX:
+    """Store one publish (with the others waiting) and return its result."""
+    future: asyncio.Future[SentMessage] = asyncio.get_running_loop().create_future()
+    queue = _waiting.setdefault(outgoing.room.pk, [])
+    if len(queue) >= settings.PUBLISH_BATCH_MAX:
         # The database is slow or stuck: drop what nobody waits for any more (their
         # clients got `unavailable` and will retry with the same client_msg_id).
-        queue.waiting = [(o, f) for o, f in queue.waiting if not f.done()]
-    queue.waiting.append((outgoing, future))
-    if queue.task is None:
-        # A fresh context: the first publisher's task must not own the batches of others.
-        queue.task = loop.create_task(_store(room_id, queue), context=contextvars.Context())
+        queue[:] = [(o, f) for o, f in queue if not f.done()]
+    queue.append((outgoing, future))
+    _start_batches()
     return await future
 
 
-async def _store(room_id: int, queue: RoomQueue) -> None:
-    batch: list[tuple[Outgoing, asyncio.Future[SentMessage]]] = []
+def _start_batches() -> None:
+    global _in_flight
+    while _in_flight < settings.PUBLISH_IN_FLIGHT:
+        batch = list(_take_batch())
+        if not batch:
+            return
+        _in_flight += 1
+        rooms = {o.room.pk for o, _ in batch}
+        _busy.update(rooms)
+        # A fresh context: the publisher whose arrival started it does not own the batch.
+        asyncio.get_running_loop().create_task(_store(batch, rooms), context=contextvars.Context())
+
+
+def _take_batch() -> Iterator[Waiting]:
+    """Up to PUBLISH_BATCH_MAX waiting publishes, whole rooms at a time, none of a busy room."""
+    room_left = settings.PUBLISH_BATCH_MAX
+    for room_id in list(_waiting):
+        if room_id in _busy:
+            continue
+        queue = _waiting[room_id]
+        live = [(o, f) for o, f in queue[:room_left] if not f.done()]
+        del queue[:room_left]
+        if not queue:
+            del _waiting[room_id]
+        yield from live
+        room_left -= len(live)
+        if room_left <= 0:
+            return
+
+
+async def _store(batch: list[Waiting], rooms: set[int]) -> None:
+    global _in_flight
     try:
-        while queue.waiting:
-            limit = settings.PUBLISH_BATCH_MAX
-            batch = [(o, f) for o, f in queue.waiting[:limit] if not f.done()]
-            del queue.waiting[:limit]
-            if not batch:
+        results = await send_messages([o for o, _ in batch])
+    except Exception as error:
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(error)
+    else:
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():
                 continue
-            try:
-                results = await send_messages([o for o, _ in batch])
-            except Exception as error:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
-                continue
-            for (_, future), result in zip(batch, results, strict=True):
-                if future.done():
-                    continue
-                if isinstance(result, ApiError):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+            if isinstance(result, ApiError):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
     finally:
-        queue.task = None
-        # Normally nothing is left; after a cancel (the loop shutting down) nobody may hang.
-        for _, future in [*batch, *queue.waiting]:
+        _in_flight -= 1
+        _busy.difference_update(rooms)
+        # After a cancel (the loop shutting down) nobody may hang.
+        for _, future in batch:
             if not future.done():
                 future.cancel()
-        if _queues.get(room_id) is queue:
-            del _queues[room_id]
+        _start_batches()

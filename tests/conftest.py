@@ -73,9 +73,9 @@ def capture_events(
         real = {name: getattr(events, name) for name in ("_publish",)}
 
         def recorder(name: str) -> Callable[..., None]:
-            def record(group: str, *events: dict[str, Any]) -> None:
-                captured.extend((group, event) for event in events)
-                real[name](group, *events)
+            def record(*items: tuple[str, dict[str, Any]]) -> None:
+                captured.extend(items)
+                real[name](*items)
 
             return record
 

@@ -274,38 +274,61 @@ def test_publishing_in_a_public_room_joins_it(alice: Any, bob: Any, store_path: 
     assert members.count() == 2
 
 
-def test_a_batch_for_two_rooms_is_refused(room: Room, alice: Any) -> None:
+def test_a_batch_numbers_each_of_its_rooms_on_its_own(
+    room: Room, alice: Any, capture_events: CaptureEvents, store_path: str
+) -> None:
     general = Room.objects.get(slug="general")
-    with pytest.raises(ValueError, match="one room"):
-        actions.do_send_messages(
-            [actions.Outgoing(alice, room, "a", "a"), actions.Outgoing(alice, general, "b", "b")]
-        )
-    assert not Message.objects.exists()
+    gone = Room(pk=room.pk + 1000, slug="gone", title="gone", private=True)
+    batch = [
+        actions.Outgoing(alice, room, "den 1", "a"),
+        actions.Outgoing(alice, general, "general 1", "b"),
+        actions.Outgoing(alice, gone, "lost", "c"),
+        actions.Outgoing(alice, room, "den 2", "d"),
+        actions.Outgoing(alice, general, "general 2", "e"),
+    ]
+    with capture_events(4) as captured:
+        results = actions.do_send_messages(batch)
+    assert isinstance(results[2], NotFound)
+    sent = [r for r in results if isinstance(r, actions.SentMessage)]
+    assert [(r.message.room_id, r.message.seq, r.message.body) for r in sent] == [
+        (room.pk, 1, "den 1"),
+        (general.pk, 1, "general 1"),
+        (room.pk, 2, "den 2"),
+        (general.pk, 2, "general 2"),
+    ]
+    assert [(e["room_id"], e["seq"]) for _, e in captured] == sorted(
+        [(room.pk, 1), (room.pk, 2), (general.pk, 1), (general.pk, 2)]
+    )
+    assert not Message.objects.filter(room_id=gone.pk).exists()
 
 
 @pytest.mark.django_db(transaction=True)
 def test_racing_batches_with_the_same_retries_store_each_message_once() -> None:
-    # Two processes storing overlapping retries of one sender's publishes at the same time:
-    # the loser of a race on the idempotency constraint stores nothing and tries again.
+    # Four processes storing overlapping retries of one sender's publishes to two rooms, in
+    # different room orders, at the same time: the loser of a race on the idempotency
+    # constraint stores nothing and tries again, and the rooms' locks never deadlock.
     from django.contrib.auth import get_user_model
 
     user = get_user_model().objects.create_user("retrier")
-    room = Room.objects.create(slug="retries", title="retries")
-    results: list[list[tuple[int, str]]] = []
+    rooms = [Room.objects.create(slug=f"retries-{i}", title="retries") for i in range(2)]
+    results: list[list[tuple[int, int, str]]] = []
     lock = threading.Lock()
     start = threading.Barrier(4)
 
     def store(offset: int) -> None:
+        order = rooms if offset % 2 else rooms[::-1]
         try:
             start.wait(timeout=10)
             for i in range(0, 40, 4):
                 batch = [
-                    actions.Outgoing(user, room, "m", f"c{(i + offset + j) % 40}") for j in range(6)
+                    actions.Outgoing(user, room, "m", f"c{(i + offset + j) % 40}")
+                    for room in order
+                    for j in range(6)
                 ]
                 sent = actions.do_send_messages(batch)
                 with lock:
                     results.append(
-                        [(s.message.seq, s.message.client_msg_id) for s in sent]  # type: ignore[union-attr]
+                        [(s.message.room_id, s.message.seq, s.message.client_msg_id) for s in sent]  # type: ignore[union-attr]
                     )
         finally:
             connection.close()
@@ -315,12 +338,14 @@ def test_racing_batches_with_the_same_retries_store_each_message_once() -> None:
         t.start()
     for t in threads:
         t.join(timeout=60)
-    stored = list(
-        Message.objects.filter(room=room).order_by("seq").values_list("seq", "client_msg_id")
-    )
-    assert [seq for seq, _ in stored] == list(range(1, len(stored) + 1))
-    assert sorted(cmid for _, cmid in stored) == sorted({f"c{i}" for i in range(40)})
-    by_id = dict((cmid, seq) for seq, cmid in stored)
+    by_id: dict[tuple[int, str], int] = {}
+    for room in rooms:
+        stored = list(
+            Message.objects.filter(room=room).order_by("seq").values_list("seq", "client_msg_id")
+        )
+        assert [seq for seq, _ in stored] == list(range(1, len(stored) + 1))
+        assert sorted(cmid for _, cmid in stored) == sorted({f"c{i}" for i in range(40)})
+        by_id.update(((room.pk, cmid), seq) for seq, cmid in stored)
     # Every result, winner or retry, names the one stored message.
-    assert all(by_id[cmid] == seq for batch in results for seq, cmid in batch)
+    assert all(by_id[room_id, cmid] == seq for batch in results for room_id, seq, cmid in batch)
     assert len(results) == 40

@@ -173,7 +173,7 @@ async def test_lost_broadcasts_are_filled_from_the_database(
     await alice_ws.send({"type": "subscribe", "ref": "s", "room": "general"})
     await alice_ws.until("subscribed")
     real = events._publish
-    monkeypatch.setattr(events, "_publish", lambda group, event: None)
+    monkeypatch.setattr(events, "_publish", lambda *items: None)
     await publish(alice, general, 2, prefix="lost")  # stored, never broadcast
     monkeypatch.setattr(events, "_publish", real)
     await publish(alice, general, 1, prefix="seen")
@@ -187,7 +187,7 @@ async def test_broadcasts_overtaking_each_other_arrive_in_order_once(
     await alice_ws.send({"type": "subscribe", "ref": "s", "room": "general"})
     await alice_ws.until("subscribed")
     held: list[dict[str, Any]] = []
-    monkeypatch.setattr(events, "_publish", lambda group, event: held.append(event))
+    monkeypatch.setattr(events, "_publish", lambda *items: held.extend(e for _, e in items))
     await publish(alice, general, 3)
     assert [event["seq"] for event in held] == [1, 2, 3]
     for event in reversed(held):  # seq 3 first, then 2, then 1

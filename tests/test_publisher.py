@@ -7,11 +7,12 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.db import OperationalError
 
 from realtime import publisher
 from web import actions
 from web.access import aget_room_for_user
-from web.errors import BadRequest
+from web.errors import BadRequest, NotFound
 from web.models import Message, Room
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -43,7 +44,8 @@ async def test_concurrent_publishes_share_transactions_and_keep_arrival_order(
     outgoing = [actions.Outgoing(alice, room, f"m{i}", f"c{i}") for i in range(60)]
     first = asyncio.ensure_future(publisher.publish(outgoing[0]))
     await asyncio.sleep(0)  # in flight: the others queue behind it
-    sent = [await first, *await asyncio.gather(*(publisher.publish(o) for o in outgoing[1:]))]
+    rest = asyncio.gather(*(publisher.publish(o) for o in outgoing[1:]))
+    sent = [await first, *await rest]
     assert [s.message.seq for s in sent] == list(range(1, 61))
     assert [s.message.body for s in sent] == [f"m{i}" for i in range(60)]
     assert batches == [1, 59]
@@ -54,7 +56,8 @@ async def test_concurrent_publishes_share_transactions_and_keep_arrival_order(
         .values_list("seq", "body")
     ]
     assert stored == [(i + 1, f"m{i}") for i in range(60)]
-    assert not publisher._queues  # nothing kept once the room is quiet
+    assert not publisher._waiting  # nothing kept once quiet
+    assert not publisher._busy
 
 
 async def test_a_refused_publish_does_not_refuse_its_batch(
@@ -78,19 +81,47 @@ async def test_a_refused_publish_does_not_refuse_its_batch(
     ]
 
 
-async def test_a_failed_batch_fails_each_waiting_publish(lobby: Room, alice: Any) -> None:
+async def test_a_publish_to_a_missing_room_does_not_refuse_its_batch(
+    lobby: Room, alice: Any
+) -> None:
     room = await aget_room_for_user(alice, "lobby")
     gone = Room(pk=room.pk + 1000, slug="gone", title="gone")
     gone.is_member = True  # type: ignore[attr-defined]  # as the access helper would say
     results = await asyncio.gather(
-        *(publisher.publish(actions.Outgoing(alice, gone, "lost", f"x{i}")) for i in range(3)),
+        publisher.publish(actions.Outgoing(alice, gone, "lost", "x")),
+        publisher.publish(actions.Outgoing(alice, room, "kept", "y")),
         return_exceptions=True,
     )
-    assert [type(r) for r in results] == [Room.DoesNotExist] * 3
-    # The queue recovers: the next publish to a real room is stored.
+    assert isinstance(results[0], NotFound)
+    assert isinstance(results[1], actions.SentMessage)
+    assert results[1].message.seq == 1
+
+
+async def test_a_failed_batch_fails_each_waiting_publish_and_the_next_one_runs(
+    lobby: Room, alice: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    room = await aget_room_for_user(alice, "lobby")
+    real = publisher.send_messages
+    failed: list[int] = []
+
+    async def database_down_twice(batch: list[actions.Outgoing]) -> Any:
+        if len(failed) < 2:
+            failed.append(len(batch))
+            raise OperationalError("the database went away")
+        return await real(batch)
+
+    monkeypatch.setattr(publisher, "send_messages", database_down_twice)
+    results = await asyncio.gather(
+        *(publisher.publish(actions.Outgoing(alice, room, "m", f"x{i}")) for i in range(3)),
+        return_exceptions=True,
+    )
+    assert failed == [1, 2]  # the first alone, the two that waited for it together
+    assert [type(r) for r in results] == [OperationalError] * 3
     sent = await publisher.publish(actions.Outgoing(alice, room, "kept", "y"))
     assert sent.message.seq == 1
-    assert not publisher._queues
+    assert not publisher._waiting
+    assert not publisher._busy
+    assert publisher._in_flight == 0
 
 
 async def test_a_publish_nobody_waits_for_any_more_is_skipped(lobby: Room, alice: Any) -> None:

@@ -129,14 +129,11 @@ def do_send_message(sender: User, room: Room, body: str, client_msg_id: str) -> 
 
 
 def do_send_messages(batch: Sequence[Outgoing]) -> list[SentMessage | ApiError]:
-    """Store a batch of publishes to one room in order, in one transaction; then broadcast.
+    """Store a batch of publishes (to any rooms) in order, in one transaction; then broadcast.
 
     Each publish gets its own result: the stored message, or the error that refused it
     (refusing one does not refuse the others).
     """
-    room = batch[0].room
-    if any(o.room.pk != room.pk for o in batch):
-        raise ValueError("a batch holds publishes to one room")
     results: list[SentMessage | ApiError | None] = [None] * len(batch)
     valid: list[int] = []
     for i, out in enumerate(batch):
@@ -148,32 +145,39 @@ def do_send_messages(batch: Sequence[Outgoing]) -> list[SentMessage | ApiError]:
         else:
             valid.append(i)
     joining = {
-        batch[i].sender.pk: batch[i]
+        (batch[i].sender.pk, batch[i].room.pk)
         for i in valid
-        if not room.private and not getattr(batch[i].room, "is_member", False)
+        if not batch[i].room.private and not getattr(batch[i].room, "is_member", False)
     }
     if joining:
         # Posting in a public room joins it, so it shows up with unread counts. Rooms from
         # aget_room_for_user say whether the sender is a member already: then nothing to do.
         Membership.objects.bulk_create(
-            [Membership(user_id=user_id, room_id=room.pk) for user_id in joining],
+            [Membership(user_id=user_id, room_id=room_id) for user_id, room_id in joining],
             ignore_conflicts=True,
         )
     stored = Message.objects.store_batch(
-        room.pk, [Draft(batch[i].sender.pk, batch[i].body, batch[i].client_msg_id) for i in valid]
+        [
+            Draft(batch[i].room.pk, batch[i].sender.pk, batch[i].body, batch[i].client_msg_id)
+            for i in valid
+        ]
     )
-    created: list[tuple[int, dict[str, Any]]] = []
-    for i, (message, is_new) in zip(valid, stored, strict=True):
+    created: list[tuple[int, int, dict[str, Any]]] = []
+    for i, found in zip(valid, stored, strict=True):
         out = batch[i]
+        if found is None:
+            results[i] = NotFound(f"no room {out.room.slug!r}")
+            continue
+        message, is_new = found
         out.room.is_member = True  # type: ignore[attr-defined]  # the annotation, now true
-        frame = message.to_event(room.slug, out.sender.get_username())
+        frame = message.to_event(out.room.slug, out.sender.get_username())
         results[i] = SentMessage(message, is_new, frame)
         if is_new:
-            created.append((message.seq, frame))
+            created.append((out.room.pk, message.seq, frame))
             out.room.last_seq = max(out.room.last_seq, message.seq)
     if created:
-        created.sort(key=lambda seq_frame: seq_frame[0])
-        transaction.on_commit(lambda: events.send_messages(room.pk, created))
+        created.sort(key=lambda room_seq_frame: room_seq_frame[:2])
+        transaction.on_commit(lambda: events.send_messages(created))
     return [r for r in results if r is not None]
 
 

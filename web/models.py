@@ -124,15 +124,16 @@ STORE_ATTEMPTS = 10
 
 @dataclass(frozen=True, slots=True)
 class Draft:
-    """A message to store: who sends it, what, and the client's id for retries."""
+    """A message to store: where, who sends it, what, and the client's id for retries."""
 
+    room_id: int
     sender_id: Any
     body: str
     client_msg_id: str
 
     @property
-    def key(self) -> tuple[Any, str]:
-        return (self.sender_id, self.client_msg_id)
+    def key(self) -> tuple[int, Any, str]:
+        return (self.room_id, self.sender_id, self.client_msg_id)
 
 
 class MessageManager(models.Manager["Message"]):
@@ -141,13 +142,14 @@ class MessageManager(models.Manager["Message"]):
             room_id=room_id, sender_id=sender_id, client_msg_id=client_msg_id
         ).first()
 
-    def store_batch(self, room_id: int, drafts: Sequence[Draft]) -> list[tuple[Message, bool]]:
-        """Store drafts with the room's next seqs, in order; one (message, created) per draft.
+    def store_batch(self, drafts: Sequence[Draft]) -> list[tuple[Message, bool] | None]:
+        """Store drafts (for any rooms) with their rooms' next seqs, in order.
 
-        A draft whose (sender, client_msg_id) is stored already, or repeats one earlier
-        in the batch, gets that message back with created=False and takes no seq.
+        One (message, created) per draft: a draft whose (room, sender, client_msg_id) is
+        stored already, or repeats one earlier in the batch, gets that message back with
+        created=False and takes no seq. None for a draft whose room does not exist.
         """
-        firsts: dict[tuple[Any, str], Draft] = {}
+        firsts: dict[tuple[int, Any, str], Draft] = {}
         for d in drafts:
             firsts.setdefault(d.key, d)
         unique = list(firsts.values())
@@ -158,9 +160,9 @@ class MessageManager(models.Manager["Message"]):
                 scope = transaction.atomic() if connection.in_atomic_block else nullcontext()
                 with scope:
                     if connection.vendor == "postgresql":
-                        stored = self._store_in_one_statement(room_id, unique)
+                        stored = self._store_in_one_statement(unique)
                     else:
-                        stored = self._store_portably(room_id, unique)
+                        stored = self._store_portably(unique)
                 break
             except IntegrityError:
                 # A concurrent retry of one of these drafts committed after this statement's
@@ -168,25 +170,25 @@ class MessageManager(models.Manager["Message"]):
                 # it fails again only if yet another such retry commits meanwhile.
                 if attempt == STORE_ATTEMPTS:
                     raise
-        by_key = {(m.sender_id, m.client_msg_id): (m, created) for m, created in stored}
-        if len(by_key) != len(unique):
-            raise Room.DoesNotExist(f"room {room_id} is gone")
-        results = []
+        by_key: dict[tuple[int, Any, str], tuple[Message, bool]] = {
+            (m.room_id, m.sender_id, m.client_msg_id): (m, created) for m, created in stored
+        }
+        results: list[tuple[Message, bool] | None] = []
         for d in drafts:
-            results.append(by_key[d.key])
-            by_key[d.key] = (by_key[d.key][0], False)  # a repeat in this batch is a retry
+            found = by_key.get(d.key)
+            results.append(found)
+            if found is not None:
+                by_key[d.key] = (found[0], False)  # a repeat in this batch is a retry
         return results
 
-    def _store_in_one_statement(
-        self, room_id: int, drafts: list[Draft]
-    ) -> list[tuple[Message, bool]]:
-        """One round trip, committed on its own: the room's row lock is held only for this
+    def _store_in_one_statement(self, drafts: list[Draft]) -> list[tuple[Message, bool]]:
+        """One round trip, committed on its own: the rooms' row locks are held only for this
         statement and its commit, so publishes to one room follow each other closely."""
         with connection.cursor() as cursor:
             cursor.execute(
                 STORE_BATCH_SQL,
                 {
-                    "room": room_id,
+                    "rooms": [d.room_id for d in drafts],
                     "senders": [d.sender_id for d in drafts],
                     "bodies": [d.body for d in drafts],
                     "ids": [d.client_msg_id for d in drafts],
@@ -206,23 +208,30 @@ class MessageManager(models.Manager["Message"]):
                 ),
                 created,
             )
-            for pk, seq, sender_id, body, client_msg_id, created_at, created in rows
+            for pk, room_id, seq, sender_id, body, client_msg_id, created_at, created in rows
         ]
 
-    def _store_portably(self, room_id: int, drafts: list[Draft]) -> list[tuple[Message, bool]]:
-        """The same with the ORM, for SQLite (`make run`)."""
+    def _store_portably(self, drafts: list[Draft]) -> list[tuple[Message, bool]]:
+        """The same with the ORM, for SQLite (`make run`): room by room, in id order."""
+        stored: list[tuple[Message, bool]] = []
         with transaction.atomic():
-            existing = {
-                (m.sender_id, m.client_msg_id): m
-                for m in self.filter(
-                    room_id=room_id, client_msg_id__in=[d.client_msg_id for d in drafts]
-                )
-            }
-            keys = {d.key for d in drafts}
-            fresh = [d for d in drafts if d.key not in existing]
-            stored = [(m, False) for key, m in existing.items() if key in keys]
-            if fresh:
-                last = Room.objects.take_seqs(room_id, len(fresh))
+            for room_id in sorted({d.room_id for d in drafts}):
+                in_room = [d for d in drafts if d.room_id == room_id]
+                keys = {d.key for d in in_room}
+                existing = {
+                    (m.room_id, m.sender_id, m.client_msg_id): m
+                    for m in self.filter(
+                        room_id=room_id, client_msg_id__in=[d.client_msg_id for d in in_room]
+                    )
+                }
+                stored += [(m, False) for key, m in existing.items() if key in keys]
+                fresh = [d for d in in_room if d.key not in existing]
+                if not fresh:
+                    continue
+                try:
+                    last = Room.objects.take_seqs(room_id, len(fresh))
+                except Room.DoesNotExist:
+                    continue
                 first = last - len(fresh) + 1
                 created = self.bulk_create(
                     Message(
@@ -291,35 +300,44 @@ class Message(models.Model):
         }
 
 
-# Message.objects.store_batch on PostgreSQL. Drafts already stored (a retry) are returned as
-# they are; the rest are numbered in order after the room's last_seq, which the UPDATE
-# advances under the room's row lock. All parts of one statement run on one snapshot: a
-# retry committed by another process after it began makes the INSERT fail on the
-# idempotency constraint, and the whole statement (seqs included) rolls back.
+# Message.objects.store_batch on PostgreSQL. Drafts already stored (retries) are returned as
+# they are; the rest are numbered in order after their room's last_seq, which the UPDATE
+# advances under the room's row lock. The rooms are locked in id order first (`locked`), so
+# two processes storing batches for the same rooms wait for each other instead of
+# deadlocking. All parts of one statement run on one snapshot: a retry committed by another
+# process after it began makes the INSERT fail on the idempotency constraint, and the whole
+# statement (seqs included) rolls back.
 STORE_BATCH_SQL = """
 WITH draft AS (
-    SELECT * FROM unnest(%(senders)s::bigint[], %(bodies)s::text[], %(ids)s::text[])
-        WITH ORDINALITY AS d(sender_id, body, client_msg_id, ord)
+    SELECT * FROM unnest(
+        %(rooms)s::bigint[], %(senders)s::bigint[], %(bodies)s::text[], %(ids)s::text[]
+    ) WITH ORDINALITY AS d(room_id, sender_id, body, client_msg_id, ord)
 ), stored AS (
-    SELECT m.id, m.seq, m.sender_id, m.body, m.client_msg_id, m.created_at
+    SELECT m.id, m.room_id, m.seq, m.sender_id, m.body, m.client_msg_id, m.created_at
     FROM web_message m JOIN draft d
-        ON m.room_id = %(room)s AND m.sender_id = d.sender_id
+        ON m.room_id = d.room_id AND m.sender_id = d.sender_id
         AND m.client_msg_id = d.client_msg_id
 ), fresh AS (
-    SELECT d.*, row_number() OVER (ORDER BY d.ord) AS n FROM draft d
+    SELECT d.*, row_number() OVER (PARTITION BY d.room_id ORDER BY d.ord) AS n FROM draft d
     WHERE NOT EXISTS (
         SELECT 1 FROM stored s
-        WHERE s.sender_id = d.sender_id AND s.client_msg_id = d.client_msg_id
+        WHERE s.room_id = d.room_id AND s.sender_id = d.sender_id
+        AND s.client_msg_id = d.client_msg_id
     )
+), counts AS (
+    SELECT room_id, count(*) AS k FROM fresh GROUP BY room_id
+), locked AS MATERIALIZED (
+    SELECT r.id FROM web_room r WHERE r.id IN (SELECT room_id FROM counts)
+    ORDER BY r.id FOR UPDATE
 ), room AS (
-    UPDATE web_room SET last_seq = last_seq + (SELECT count(*) FROM fresh)
-    WHERE id = %(room)s RETURNING last_seq
+    UPDATE web_room r SET last_seq = r.last_seq + c.k
+    FROM counts c WHERE r.id = c.room_id AND r.id IN (SELECT id FROM locked)
+    RETURNING r.id, r.last_seq, c.k
 ), inserted AS (
     INSERT INTO web_message (room_id, seq, sender_id, body, client_msg_id, created_at)
-    SELECT %(room)s, room.last_seq - (SELECT count(*) FROM fresh) + fresh.n,
-        fresh.sender_id, fresh.body, fresh.client_msg_id, now()
-    FROM fresh CROSS JOIN room
-    RETURNING id, seq, sender_id, body, client_msg_id, created_at
+    SELECT f.room_id, room.last_seq - room.k + f.n, f.sender_id, f.body, f.client_msg_id, now()
+    FROM fresh f JOIN room ON room.id = f.room_id
+    RETURNING id, room_id, seq, sender_id, body, client_msg_id, created_at
 )
 SELECT *, true FROM inserted
 UNION ALL
