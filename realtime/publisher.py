@@ -30,6 +30,7 @@ Waiting = tuple[Outgoing, asyncio.Future[SentMessage]]
 _waiting: dict[int, list[Waiting]] = {}
 _busy: set[int] = set()  # rooms in a transaction now
 _in_flight = 0
+_start_pending = False
 
 
 async def publish(outgoing: Outgoing) -> SentMessage:
@@ -41,12 +42,17 @@ async def publish(outgoing: Outgoing) -> SentMessage:
         # clients got `unavailable` and will retry with the same client_msg_id).
         queue[:] = [(o, f) for o, f in queue if not f.done()]
     queue.append((outgoing, future))
-    _start_batches()
+    global _start_pending
+    if not _start_pending:
+        # Later in this turn of the loop: publishes read in the same turn go together.
+        _start_pending = True
+        asyncio.get_running_loop().call_soon(_start_batches)
     return await future
 
 
 def _start_batches() -> None:
-    global _in_flight
+    global _in_flight, _start_pending
+    _start_pending = False
     while _in_flight < settings.PUBLISH_IN_FLIGHT:
         batch = list(_take_batch())
         if not batch:

@@ -149,6 +149,8 @@ class MessageManager(models.Manager["Message"]):
         stored already, or repeats one earlier in the batch, gets that message back with
         created=False and takes no seq. None for a draft whose room does not exist.
         """
+        if not drafts:
+            return []
         firsts: dict[tuple[int, Any, str], Draft] = {}
         for d in drafts:
             firsts.setdefault(d.key, d)
