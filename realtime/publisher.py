@@ -30,29 +30,30 @@ Waiting = tuple[Outgoing, asyncio.Future[SentMessage]]
 _waiting: dict[int, list[Waiting]] = {}
 _busy: set[int] = set()  # rooms in a transaction now
 _in_flight = 0
-_start_pending = False
+_start_scheduled: asyncio.AbstractEventLoop | None = None  # a start is due in this loop
 
 
 async def publish(outgoing: Outgoing) -> SentMessage:
     """Store one publish (with the others waiting) and return its result."""
-    future: asyncio.Future[SentMessage] = asyncio.get_running_loop().create_future()
+    global _start_scheduled
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[SentMessage] = loop.create_future()
     queue = _waiting.setdefault(outgoing.room.pk, [])
     if len(queue) >= settings.PUBLISH_BATCH_MAX:
         # The database is slow or stuck: drop what nobody waits for any more (their
         # clients got `unavailable` and will retry with the same client_msg_id).
         queue[:] = [(o, f) for o, f in queue if not f.done()]
     queue.append((outgoing, future))
-    global _start_pending
-    if not _start_pending:
+    if _start_scheduled is not loop:
         # Later in this turn of the loop: publishes read in the same turn go together.
-        _start_pending = True
-        asyncio.get_running_loop().call_soon(_start_batches)
+        _start_scheduled = loop
+        loop.call_soon(_start_batches)
     return await future
 
 
 def _start_batches() -> None:
-    global _in_flight, _start_pending
-    _start_pending = False
+    global _in_flight, _start_scheduled
+    _start_scheduled = None
     while _in_flight < settings.PUBLISH_IN_FLIGHT:
         batch = list(_take_batch())
         if not batch:

@@ -137,11 +137,6 @@ class Draft:
 
 
 class MessageManager(models.Manager["Message"]):
-    def find_retry(self, room_id: int, sender_id: Any, client_msg_id: str) -> Message | None:
-        return self.filter(
-            room_id=room_id, sender_id=sender_id, client_msg_id=client_msg_id
-        ).first()
-
     def store_batch(self, drafts: Sequence[Draft]) -> list[tuple[Message, bool] | None]:
         """Store drafts (for any rooms) with their rooms' next seqs, in order.
 
