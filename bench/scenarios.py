@@ -187,11 +187,14 @@ class Bench:
         """Fresh servers, warmed up: lazy imports and pools must not count against a step."""
         self.services.flush_redis()
         servers = self.services.start_servers(target, count)
+        self.warm_up(servers)
+        return servers
+
+    def warm_up(self, servers: list[Server]) -> None:
         warm = Load(20, 1, 1, 0, duration=0.5, warmup=0, drain=2)
         procs = [self.loadtest(f"warm-{server.name}", server.url, warm, 10) for server in servers]
         for proc in procs:
             proc.wait(timeout=60)
-        return servers
 
     def target(self, target: str, keys: list[str]) -> Iterator[tuple[str, Outcome]]:
         """Run the scenarios on one target, each on fresh, warmed-up processes.
@@ -220,14 +223,7 @@ class Bench:
 
     def fanout(self, servers: list[Server]) -> Outcome:
         """1: one room, 200 subscribers, one process; the highest clean rate."""
-        (server,) = servers
-        load = self.plan.fanout
-        runs = self.step_up(
-            f"s1-{server.target}",
-            self.plan.fanout_rates,
-            lambda name, rate: self.run(name, server.url, load, rate),
-        )
-        return _stepped(runs)
+        return self._stepped_on_one("s1", servers, self.plan.fanout, self.plan.fanout_rates)
 
     def idle(self, servers: list[Server]) -> Outcome:
         """2: N idle (subscribed) connections on one process; RSS per connection."""
@@ -258,11 +254,15 @@ class Bench:
 
     def many_rooms(self, servers: list[Server]) -> Outcome:
         """3: 1,000 clients in 100 rooms, 20 publishers spread over the rooms."""
+        return self._stepped_on_one("s3", servers, self.plan.rooms, self.plan.rooms_rates)
+
+    def _stepped_on_one(
+        self, key: str, servers: list[Server], load: Load, rates: tuple[float, ...]
+    ) -> Outcome:
         (server,) = servers
-        load = self.plan.rooms
         runs = self.step_up(
-            f"s3-{server.target}",
-            self.plan.rooms_rates,
+            f"{key}-{server.target}",
+            rates,
             lambda name, rate: self.run(name, server.url, load, rate),
         )
         return _stepped(runs)

@@ -123,6 +123,7 @@ class Services:
     redis: subprocess.Popen[bytes] | None = None
     postgres: PostgreSQLExecutor | None = None
     servers: list[Server] = field(default_factory=list)
+    bare_ws: str = "websockets-sansio"  # uvicorn's --ws for the "bare" target (bench/memory.py)
 
     def start(self) -> None:
         self.redis_port = free_port()
@@ -250,6 +251,10 @@ class Services:
             )
         elif target == "ceiling":
             cmd = [str(BIN / "python"), "bench/baselines/ceiling.py"]
+            env = clean_env({})
+        elif target == "bare":
+            cmd = [str(BIN / "uvicorn"), "bench.baselines.bare_asgi:app", *UVICORN_ARGS]
+            cmd += ["--ws", self.bare_ws]
             env = clean_env({})
         else:
             raise ValueError(target)
