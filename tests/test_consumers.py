@@ -255,13 +255,21 @@ async def test_binary_frames_are_refused(alice_ws: Socket) -> None:
     assert (await alice_ws.recv())["code"] == "bad_request"
 
 
-async def test_a_removed_member_stops_receiving(alice: Any, bob: Any, den: Room) -> None:
+@pytest.fixture
+async def bob_in_den(alice: Any, bob: Any, den: Room) -> AsyncIterator[Socket]:
+    """Bob, a member of Alice's private den, subscribed to it."""
     await sync_to_async(actions.do_add_member)(alice, den, "bob")
     communicator, (connected, _) = await connect(await sync_to_async(token_headers)("bob"))
     assert connected
     bob_ws = Socket(communicator)
     await bob_ws.send({"type": "subscribe", "ref": "s", "room": "den"})
     await bob_ws.until("subscribed")
+    yield bob_ws
+    await communicator.disconnect()
+
+
+async def test_a_removed_member_stops_receiving(alice: Any, den: Room, bob_in_den: Socket) -> None:
+    bob_ws = bob_in_den
     await sync_to_async(actions.do_remove_member)(alice, den, "bob")
     assert await bob_ws.recv() == {"type": "unsubscribed", "room": "den", "reason": "removed"}
     await publish(alice, den, 1)
@@ -270,18 +278,12 @@ async def test_a_removed_member_stops_receiving(alice: Any, bob: Any, den: Room)
         {"type": "publish", "ref": "p", "room": "den", "body": "x", "client_msg_id": "b"}
     )
     assert (await bob_ws.recv())["code"] == "forbidden"
-    await communicator.disconnect()
 
 
 async def test_after_a_lost_feed_sockets_check_their_rooms_again(
-    alice: Any, bob: Any, den: Room
+    bob: Any, den: Room, bob_in_den: Socket
 ) -> None:
-    await sync_to_async(actions.do_add_member)(alice, den, "bob")
-    communicator, (connected, _) = await connect(await sync_to_async(token_headers)("bob"))
-    assert connected
-    bob_ws = Socket(communicator)
-    await bob_ws.send({"type": "subscribe", "ref": "s", "room": "den"})
-    await bob_ws.until("subscribed")
+    bob_ws = bob_in_den
     await bob_ws.send(
         {"type": "publish", "ref": "p", "room": "den", "body": "x", "client_msg_id": "b1"}
     )
@@ -295,7 +297,6 @@ async def test_after_a_lost_feed_sockets_check_their_rooms_again(
         {"type": "publish", "ref": "p2", "room": "den", "body": "x", "client_msg_id": "b2"}
     )
     assert (await bob_ws.recv())["code"] == "forbidden"
-    await communicator.disconnect()
 
 
 async def test_unsubscribe_stops_delivery(general: Room, alice: Any, alice_ws: Socket) -> None:
