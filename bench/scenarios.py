@@ -175,11 +175,8 @@ class Bench:
         """
         runs = []
         for rate in rates:
-            run = attempt(f"{name}-{rate:g}", rate)
-            runs.append(run)
-            offered = rate * _per_message(run.report)
-            delivered = run.report["delivery"]["deliveries_per_s"]
-            if not run.report["ok"] or delivered < SATURATED * offered:
+            runs.append(attempt(f"{name}-{rate:g}", rate))
+            if ends_stepping(runs[-1]):
                 break
         return runs
 
@@ -265,7 +262,7 @@ class Bench:
             rates,
             lambda name, rate: self.run(name, server.url, load, rate),
         )
-        return _stepped(runs)
+        return stepped(runs)
 
     def two_processes(self, servers: list[Server]) -> Outcome:
         """4: subscribers on one process, publishers on another, sharing Redis (and the DB)."""
@@ -276,7 +273,7 @@ class Bench:
             self.plan.two_procs_rates,
             lambda name, rate: self.run(name, subs.url, load, rate, publish_url=pubs.url),
         )
-        return _stepped(runs)
+        return stepped(runs)
 
     def capacity(self, servers: list[Server]) -> Outcome:
         """5: 10,000 concurrent connections on one process, light traffic, no errors."""
@@ -311,13 +308,20 @@ def _guarded(scenario: Callable[[], Outcome]) -> Outcome:
         return Outcome(None, f"error: {type(error).__name__}: {error}")
 
 
+def ends_stepping(run: Run) -> bool:
+    """`step_up`'s stop rule: no higher step after one that failed or was saturated."""
+    offered = run.rate * _per_message(run.report)
+    delivered = run.report["delivery"]["deliveries_per_s"]
+    return not run.report["ok"] or delivered < SATURATED * offered
+
+
 def _per_message(report: dict[str, Any]) -> float:
     """Deliveries one message makes: the subscribers of a room."""
     cfg = report.get("config") or {}
     return max(int(cfg.get("connections", 0)), 1) / max(int(cfg.get("rooms", 1)), 1)
 
 
-def _stepped(runs: list[Run]) -> Outcome:
+def stepped(runs: list[Run]) -> Outcome:
     """The best clean step (p99 within the limit), and the peak of all correct steps."""
     passed = [r for r in runs if r.passed]
     correct = [r for r in runs if r.report["ok"]]

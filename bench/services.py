@@ -39,6 +39,9 @@ UVICORN_ARGS = (
     "warning",
 )
 
+# The product's own websocket protocol class, lighter per socket (realtime/wsserver.py).
+PRODUCT_WS = ("--ws", "realtime.wsserver:WebSocketProtocol")
+
 
 def free_port() -> int:
     while True:
@@ -239,7 +242,7 @@ class Services:
         port = free_port()
         log = self.logs / f"server-{name}-{port}.log"
         if target == "product":
-            cmd = [str(BIN / "uvicorn"), "project.asgi:application", *UVICORN_ARGS]
+            cmd = [str(BIN / "uvicorn"), "project.asgi:application", *UVICORN_ARGS, *PRODUCT_WS]
             env = self.product_env()
         elif target == "floor":
             cmd = [str(BIN / "uvicorn"), "bench.baselines.floor.asgi:application", *UVICORN_ARGS]

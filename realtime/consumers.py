@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from asgiref.sync import sync_to_async
 from channels.consumer import get_handler_name
 from channels.db import aclose_old_connections
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
@@ -86,12 +87,24 @@ class RoomSub:
 
 
 class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is untyped
-    # Events reach sockets through the fan-out (realtime/fanout.py), not a channel per consumer.
-    channel_layer_alias = "fanout-only"
+    # Events reach sockets through the fan-out (realtime/fanout.py), not a channel per consumer:
+    # __call__ below runs without a channel layer.
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """AsyncConsumer.__call__ for a consumer with no channel layer, one message at a time.
+
+        Channels reads `receive` in a task of its own and waits on it with asyncio.wait
+        (it can have two sources); with one source that is about 2 KB per idle socket
+        for nothing.
+        """
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
         try:
-            await super().__call__(scope, receive, send)
+            while True:
+                await self.dispatch(await receive())
+        except StopConsumer:
+            pass
         finally:
             # Channels skips disconnect() when the app raises; never leak what connect took.
             self._release()

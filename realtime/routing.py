@@ -1,9 +1,28 @@
+"""The websocket route: one path, matched without Channels' URLRouter.
+
+URLRouter copies the scope (to add `url_route`) and stays on the stack for the
+socket's whole life: about 1 KB per idle socket, for one fixed path.
+"""
+
 from __future__ import annotations
 
-from django.urls import path
+from typing import Any
 
 from realtime.consumers import ChatConsumer
 
-websocket_urlpatterns = [
-    path("ws/", ChatConsumer.as_asgi()),
-]
+WEBSOCKET_PATH = "/ws/"
+
+chat_consumer = ChatConsumer.as_asgi()
+
+
+async def websocket_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    if path == WEBSOCKET_PATH:
+        await chat_consumer(scope, receive, send)
+        return
+    # Any other path: refuse the handshake (the server answers HTTP 403).
+    if (await receive())["type"] == "websocket.connect":
+        await send({"type": "websocket.close"})

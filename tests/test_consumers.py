@@ -100,6 +100,15 @@ async def test_it_refuses_an_unknown_token(db: None) -> None:
     assert not connected
 
 
+@pytest.mark.parametrize("path", ["/ws", "/ws/x/", "/nope/"])
+async def test_it_refuses_other_paths(alice: Any, path: str) -> None:
+    communicator = WebsocketCommunicator(
+        application, path, headers=await sync_to_async(token_headers)("alice")
+    )
+    connected, _ = await communicator.connect(timeout=3)
+    assert not connected
+
+
 @pytest.mark.parametrize(
     ("origin", "accepted"),
     [

@@ -42,7 +42,10 @@ READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 60.0
 HTTP_TIMEOUT = 10.0
-UVICORN_ARGS = ("--ws-max-size", "65536", "--ws-per-message-deflate", "false")
+UVICORN_ARGS = (
+    *("--ws", "realtime.wsserver:WebSocketProtocol"),
+    *("--ws-max-size", "65536", "--ws-per-message-deflate", "false"),
+)
 
 
 class PodDied(RuntimeError):
