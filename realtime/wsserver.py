@@ -8,6 +8,9 @@ uvicorn's and websockets' unchanged:
 
 - its receive queue and its "writable" flag are small objects of our own rather
   than an asyncio.Queue (three deques, 760 bytes each) and an asyncio.Event (one);
+- what is the same for every connection of a server (config, app, loop, logger,
+  ...) is kept once, so an instance has few enough attributes for Python's compact
+  layout instead of a dict of its own;
 - once the handshake is done it lets go of the handshake request and response,
   and of the request's headers in the ASGI scope. The ASGI app reads headers at
   connect (realtime/auth.py) and nowhere after, and every copy of the scope shares
@@ -182,6 +185,8 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     def __getattr__(self, name: str) -> Any:
         # Only for names the instance does not have: the Shared ones.
+        if name == "shared":  # not set yet: no recursion
+            raise AttributeError(name)
         return getattr(self.shared, name)
 
     async def send(self, message: Any) -> None:
@@ -192,8 +197,10 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     def forget_handshake(self) -> None:
         """Drop what only the handshake needed (about 5 KB a socket)."""
-        # websockets' parser keeps the request in a generator's frame: empty its headers.
-        self.request.headers.clear()
+        request = getattr(self, "request", None)
+        if request is not None:
+            # websockets' parser keeps the request in a generator's frame: empty its headers.
+            request.headers.clear()
         self.request = self.response = None  # type: ignore[assignment]
         scope: Any = getattr(self, "scope", None)
         if scope is not None:
