@@ -127,6 +127,7 @@ class Services:
     postgres: PostgreSQLExecutor | None = None
     servers: list[Server] = field(default_factory=list)
     bare_ws: str = "websockets-sansio"  # uvicorn's --ws for the "bare" target (bench/memory.py)
+    snapshots: Path | None = None  # run uvicorn under tracemalloc (bench/allocations.py)
 
     def start(self) -> None:
         self.redis_port = free_port()
@@ -262,6 +263,9 @@ class Services:
         else:
             raise ValueError(target)
         cmd += ["--host", "127.0.0.1", "--port", str(port)]
+        if self.snapshots is not None and cmd[0].endswith("uvicorn"):
+            cmd[:1] = [str(BIN / "python"), "-m", "bench.traced"]
+            env["SNAPSHOT_DIR"] = str(self.snapshots)
         out: IO[bytes] = log.open("wb")
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         server = Server(target, name, port, proc, log)
