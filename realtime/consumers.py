@@ -11,22 +11,20 @@ up here from the database, in order, before the socket goes live again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import logging
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.consumer import get_handler_name
-from channels.db import aclose_old_connections
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
 
 from realtime import limits, protocol, publisher
+from realtime.deadlines import db, sweep_connections
 from realtime.fanout import Subscription, get_fanout
 from realtime.protocol import Ping, Publish, Subscribe, Typing, Unsubscribe
 from realtime.wire import writer_for
@@ -37,8 +35,6 @@ from web.models import Room
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 CLOSE_POLICY = 1008  # flooding, or too many connections
 CLOSE_TOO_LARGE = 1009
 CLOSE_SESSION_ENDED = 4001  # logged out, deactivated, or the token was revoked
@@ -47,36 +43,6 @@ ROOMS_REMEMBERED = 256  # access-checked rooms a socket keeps (only those it use
 
 # Not a database call: a blocking Redis PUBLISH, so off the event loop.
 send_typing = sync_to_async(do_typing, thread_sensitive=False)
-
-
-class DatabaseTimeout(DatabaseError):
-    """A database call outlived DATABASE_DEADLINE_SECONDS (a hung server answers nothing)."""
-
-
-async def db(call: Awaitable[T]) -> T:
-    """Await a database call, but no longer than the deadline: a client always gets an answer."""
-    try:
-        return await asyncio.wait_for(call, timeout=settings.DATABASE_DEADLINE_SECONDS)
-    except TimeoutError:
-        raise DatabaseTimeout("the database did not answer in time") from None
-
-
-_sweep: asyncio.Task[None] | None = None
-
-
-def _sweep_connections() -> None:
-    """Drop broken database connections, so the next call reconnects once the database is
-    back. In the background, one at a time: with the database hung, it may not return soon."""
-    global _sweep
-    if _sweep is None or _sweep.done():
-        _sweep = asyncio.get_running_loop().create_task(
-            _bounded_sweep(), context=contextvars.Context()
-        )
-
-
-async def _bounded_sweep() -> None:
-    with contextlib.suppress(DatabaseError):
-        await db(aclose_old_connections())
 
 
 @dataclass(slots=True, eq=False)
@@ -213,7 +179,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             logger.warning("a backing service failed while handling a frame", exc_info=True)
             err = Unavailable("the message store is unavailable; retry with the same client_msg_id")
             await self.send(protocol.error_frame(err.code, err.message, ref))
-            _sweep_connections()
+            sweep_connections()
 
     async def publish(self, command: Publish) -> None:
         if not await self.limits.allow_publish():

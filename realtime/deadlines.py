@@ -1,0 +1,50 @@
+"""Database calls from the event loop: each bounded by a deadline, and a sweep after errors.
+
+A hung database answers nothing, so a websocket client would wait forever; `db`
+turns that into DatabaseTimeout after DATABASE_DEADLINE_SECONDS, which the
+consumer answers with `unavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from channels.db import aclose_old_connections
+from django.conf import settings
+from django.db import DatabaseError
+
+T = TypeVar("T")
+
+
+class DatabaseTimeout(DatabaseError):
+    """A database call outlived DATABASE_DEADLINE_SECONDS (a hung server answers nothing)."""
+
+
+async def db(call: Awaitable[T]) -> T:
+    """Await a database call, but no longer than the deadline: a client always gets an answer."""
+    try:
+        return await asyncio.wait_for(call, timeout=settings.DATABASE_DEADLINE_SECONDS)
+    except TimeoutError:
+        raise DatabaseTimeout("the database did not answer in time") from None
+
+
+_sweep: asyncio.Task[None] | None = None
+
+
+def sweep_connections() -> None:
+    """Drop broken database connections, so the next call reconnects once the database is
+    back. In the background, one at a time: with the database hung, it may not return soon."""
+    global _sweep
+    if _sweep is None or _sweep.done():
+        _sweep = asyncio.get_running_loop().create_task(
+            _bounded_sweep(), context=contextvars.Context()
+        )
+
+
+async def _bounded_sweep() -> None:
+    with contextlib.suppress(DatabaseError):
+        await db(aclose_old_connections())
