@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 from collections.abc import Awaitable
 from typing import TypeVar
 
 from channels.db import aclose_old_connections
 from django.conf import settings
 from django.db import DatabaseError
+
+from realtime.tasks import spawn
 
 T = TypeVar("T")
 
@@ -40,9 +41,7 @@ def sweep_connections() -> None:
     back. In the background, one at a time: with the database hung, it may not return soon."""
     global _sweep
     if _sweep is None or _sweep.done():
-        _sweep = asyncio.get_running_loop().create_task(
-            _bounded_sweep(), context=contextvars.Context()
-        )
+        _sweep = spawn(_bounded_sweep(), name="database connection sweep")
 
 
 async def _bounded_sweep() -> None:

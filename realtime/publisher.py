@@ -12,12 +12,12 @@ load a batch holds one publish and adds no delay.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from collections.abc import Iterator
 
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from realtime.tasks import spawn
 from web.actions import Outgoing, SentMessage, do_send_messages
 from web.errors import ApiError
 
@@ -61,8 +61,8 @@ def _start_batches() -> None:
         _in_flight += 1
         rooms = {o.room.pk for o, _ in batch}
         _busy.update(rooms)
-        # A fresh context: the publisher whose arrival started it does not own the batch.
-        asyncio.get_running_loop().create_task(_store(batch, rooms), context=contextvars.Context())
+        # Its own task: the publisher whose arrival started it does not own the batch.
+        spawn(_store(batch, rooms), name="publish batch")
 
 
 def _take_batch() -> Iterator[Waiting]:

@@ -118,13 +118,14 @@ class AsgiWriter:
 
     def __init__(self, send: Callable[[dict[str, Any]], Awaitable[None]]):
         self.send = send
-        self.pending = 0
+        # Kept until done (asyncio holds tasks weakly); their number is the backlog.
+        self.pending: set[asyncio.Future[None]] = set()
 
     def write(self, frame: bytes, text: str) -> bool:
-        if self.pending >= SLOW_PENDING_SENDS:
+        if len(self.pending) >= SLOW_PENDING_SENDS:
             return False
-        self.pending += 1
         task = asyncio.ensure_future(self.send({"type": "websocket.send", "text": text}))
+        self.pending.add(task)
         task.add_done_callback(self._done)
         return True
 
@@ -135,7 +136,7 @@ class AsgiWriter:
         return False  # nothing to reach below ASGI: the caller closes through it
 
     def _done(self, task: asyncio.Future[None]) -> None:
-        self.pending -= 1
+        self.pending.discard(task)
         if not task.cancelled():
             task.exception()  # a send to a socket that just closed; its disconnect cleans up
 

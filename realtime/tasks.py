@@ -1,0 +1,46 @@
+"""Background tasks of this process, kept until they finish and their failures logged.
+
+asyncio holds tasks only weakly: a task nobody references can be collected
+mid-flight. Every task the realtime code starts goes through `spawn`, which
+keeps it in one set until it is done and logs an exception it ended with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_running: set[asyncio.Task[Any]] = set()
+
+
+def spawn(coro: Coroutine[Any, Any, T], *, name: str) -> asyncio.Task[T]:
+    """Run `coro` in the background on the running loop; kept, and logged if it fails.
+
+    It runs in a fresh context: the caller may be inside another task's (or, through
+    sync_to_async, a thread's) context, which asgiref would read as nesting.
+    """
+    task = asyncio.get_running_loop().create_task(coro, name=name, context=contextvars.Context())
+    _running.add(task)
+    task.add_done_callback(_finished)
+    return task
+
+
+def running() -> set[asyncio.Task[Any]]:
+    """The tasks started with `spawn` that have not finished (a copy)."""
+    return set(_running)
+
+
+def _finished(task: asyncio.Task[Any]) -> None:
+    _running.discard(task)
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is not None:
+        logger.error("background task %s failed", task.get_name(), exc_info=error)
