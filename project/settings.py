@@ -212,3 +212,10 @@ LIMITS_REDIS_RETRY_SECONDS = env.float("LIMITS_REDIS_RETRY_SECONDS", default=1.0
 DATABASE_DEADLINE_SECONDS = env.float("DATABASE_DEADLINE_SECONDS", default=10.0)
 # A socket that cannot catch up within this many seconds is closed (4002); it resumes with since.
 SLOW_CLIENT_SECONDS = env.float("SLOW_CLIENT_SECONDS", default=30.0)
+# Sockets re-read their users and tokens this often: the bound for a deactivation, password
+# change or revocation made behind Django's back (raw SQL); through Django it is at once.
+AUTH_RECHECK_SECONDS = env.float("AUTH_RECHECK_SECONDS", default=30.0)
+# A stored message or user event Redis did not take is published again this often until it
+# is; at most REBROADCAST_MAX wait (older ones are then left to the database catch-up).
+REBROADCAST_SECONDS = env.float("REBROADCAST_SECONDS", default=0.5)
+REBROADCAST_MAX = env.int("REBROADCAST_MAX", default=10_000)

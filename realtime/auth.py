@@ -70,6 +70,23 @@ async def user_for_session(key: str) -> Any:
     return await aget_user(SimpleNamespace(session=session))  # type: ignore[arg-type]
 
 
+async def still_signed_in(user_id: Any, token_id: int | None, session_key: str | None) -> bool:
+    """Whether a socket's credentials still hold, checked the way its handshake was.
+
+    A token: not revoked, and its user active. A session: it still exists and Django
+    still accepts it for that user (active, and the session's auth hash matching the
+    current password; a changed password ends every other session, as it does for HTTP).
+    """
+    if token_id is not None:
+        return await ApiToken.objects.filter(
+            pk=token_id, user_id=user_id, revoked_at__isnull=True, user__is_active=True
+        ).aexists()
+    if session_key is not None:
+        user = await user_for_session(session_key)
+        return bool(user.is_authenticated) and user.pk == user_id
+    return False
+
+
 class WebsocketAuthMiddleware:
     def __init__(self, inner: Any):
         self.inner = inner

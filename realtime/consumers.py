@@ -11,7 +11,6 @@ up here from the database, in order, before the socket goes live again.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,15 +21,18 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
+from redis.exceptions import RedisError
 
-from realtime import limits, protocol, publisher
+from realtime import limits, protocol, publisher, recheck
+from realtime.auth import still_signed_in
 from realtime.deadlines import db, sweep_connections
 from realtime.fanout import Subscription, get_fanout
-from realtime.protocol import Ping, Publish, Subscribe, Typing, Unsubscribe
+from realtime.protocol import Command, Ping, Publish, Subscribe, Typing, Unsubscribe
+from realtime.tasks import spawn
 from realtime.wire import writer_for
 from web.access import aget_room_for_user, alast_seq, amessages_after
 from web.actions import Outgoing, do_typing
-from web.errors import ApiError, Forbidden, NotFound, RateLimited, Unavailable
+from web.errors import ApiError, Forbidden, NotFound, RateLimited
 from web.models import Room
 
 logger = logging.getLogger(__name__)
@@ -82,6 +84,8 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         # Rooms this socket was let into, by slug: publishing is not a query per message.
         self.rooms: dict[str, Room] = {}
         self.counted = False
+        # Set once the server closes the socket: frames still arriving are not acted on.
+        self.closed = False
         if user is None or not user.is_authenticated:
             # Closing before accept makes the server answer the handshake with HTTP 403.
             await self.close()
@@ -105,6 +109,8 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         except Exception:
             logger.warning("cannot follow user events; closing the socket", exc_info=True)
             await self.close(code=1011)
+            return
+        recheck.watch()
 
     async def disconnect(self, code: int) -> None:
         self._release()
@@ -116,6 +122,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         await super().send(text_data, bytes_data, close)
 
     async def close(self, code: int | None = None, reason: str | None = None) -> None:
+        self.closed = True
         self._flush()
         await super().close(code, reason)
 
@@ -147,13 +154,16 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         await handler(message)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.closed:
+            return  # closing (logged out, too slow...): nothing more it sends counts
         if text_data is None:
             await self.send(protocol.error_frame("bad_request", "binary frames are not supported"))
             return
-        if _too_large(text_data):
+        if protocol.too_large(text_data, settings.WS_MAX_FRAME_BYTES):
             await self.close(code=CLOSE_TOO_LARGE)
             return
         ref = None
+        command: Command | None = None
         try:
             command = protocol.parse(text_data)
             ref = command.ref
@@ -175,19 +185,26 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
                 await self.close(code=CLOSE_POLICY)
         except ApiError as error:
             await self.send(protocol.error_frame(error.code, error.message, ref))
-        except (DatabaseError, TimeoutError, ConnectionError):
+        except (DatabaseError, RedisError, TimeoutError, ConnectionError) as error:
             logger.warning("a backing service failed while handling a frame", exc_info=True)
-            err = Unavailable("the message store is unavailable; retry with the same client_msg_id")
+            err = protocol.unavailable(command, error)
             await self.send(protocol.error_frame(err.code, err.message, ref))
-            sweep_connections()
+            if isinstance(error, DatabaseError):
+                sweep_connections()
 
     async def publish(self, command: Publish) -> None:
         if not await self.limits.allow_publish():
             raise RateLimited("too many messages; slow down")
         room = await self._room(command.room)
+        member = bool(getattr(room, "is_member", False))
         sent = await db(
-            publisher.publish(Outgoing(self.user, room, command.body, command.client_msg_id))
+            publisher.publish(
+                Outgoing(self.user, room, command.body, command.client_msg_id, member)
+            )
         )
+        # Posting joined it: later publishes skip the membership insert. Set here, on the
+        # event loop that owns `room`, not on the storing thread.
+        room.is_member = True  # type: ignore[attr-defined]  # aget_room_for_user's annotation
         ack = {
             "type": "ack",
             "ref": command.ref,
@@ -237,8 +254,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
     def on_user_event(self, event: dict[str, Any]) -> None:
         handler = getattr(self, get_handler_name(event), None)
         if handler is not None:
-            # A fresh context: the fan-out runs inside another task's (or thread's) context.
-            asyncio.get_running_loop().create_task(handler(event), context=contextvars.Context())
+            spawn(handler(event), name=f"user event {event['type']}")
 
     async def room_revoked(self, event: dict[str, Any]) -> None:
         self.rooms.pop(event["room"], None)
@@ -268,6 +284,19 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             return
         await self.close(code=CLOSE_SESSION_ENDED)
 
+    async def user_changed(self, event: dict[str, Any]) -> None:
+        """The account changed (password, active flag): close unless still signed in.
+
+        A session socket whose session no longer matches (the password changed) closes; a
+        token socket stays while its token and user are good.
+        """
+        try:
+            signed_in = await db(still_signed_in(self.user.pk, self.token_id, self.session_key))
+        except DatabaseError:
+            signed_in = False  # cannot tell: close, and the reconnect is checked afresh
+        if not signed_in and not self.closed:
+            await self.close(code=CLOSE_SESSION_ENDED)
+
     # Catching up.
 
     def _behind(self, sub: Subscription) -> None:
@@ -275,11 +304,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         entry = self.subs.get(sub.room_id)
         if entry is None or entry.sub is not sub:
             return
-        # A fresh context: the fan-out may run inside another task's (or, with the local
-        # backend, a sync_to_async thread's) context, which asgiref would read as nesting.
-        entry.catch_up = asyncio.get_running_loop().create_task(
-            self._catch_up_or_resync(entry), context=contextvars.Context()
-        )
+        entry.catch_up = spawn(self._catch_up_or_resync(entry), name="catch up")
 
     async def _catch_up_or_resync(self, entry: RoomSub) -> None:
         try:
@@ -289,6 +314,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             # Its buffer stayed full: close it rather than fall ever further behind. The
             # client reconnects and resumes with `since`, losing nothing.
             logger.info("closing a socket too slow to keep up with %s", entry.room.slug)
+            self.closed = True  # nothing it sends in the close grace period counts
             self._release()
             if not self.writer.close_now(CLOSE_TOO_SLOW, "too slow; resume with since"):
                 await self.close(code=CLOSE_TOO_SLOW)
@@ -360,9 +386,3 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         get_fanout().leave(entry.sub)
         if entry.catch_up is not None and entry.catch_up is not asyncio.current_task():
             entry.catch_up.cancel()
-
-
-def _too_large(text: str) -> bool:
-    limit: int = settings.WS_MAX_FRAME_BYTES
-    # A str has at most 4 UTF-8 bytes per character: only encode when it could matter.
-    return len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit)

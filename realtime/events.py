@@ -62,6 +62,11 @@ def send_session_ended(
     _publish((user_group(user_id), event))
 
 
+def send_user_changed(user_id: Any) -> None:
+    """Ask the user's sockets to check their credentials again (`user.changed`)."""
+    _publish((user_group(user_id), {"type": "user.changed"}))
+
+
 def _publish(*items: tuple[str, dict[str, Any]]) -> None:
     """Send events, in order, each to its group (all room events in one round trip to Redis)."""
     try:

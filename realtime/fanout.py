@@ -244,12 +244,14 @@ def reset_fanout() -> None:
 
 def publish_many(messages: list[tuple[int, int, str]]) -> None:
     """Hand committed messages (room id, seq, frame text) to every process's fan-out, each
-    room's in order (realtime/events.py calls this)."""
+    room's in order (realtime/events.py calls this). Seq EPHEMERAL marks a typing notice:
+    one that Redis does not take is dropped, not retried."""
     get_fanout().backend.publish(
         *(
             (ROOM_PREFIX + str(room_id), _encode(room_id, seq, text))
             for room_id, seq, text in messages
-        )
+        ),
+        durable=all(seq != EPHEMERAL for _, seq, _ in messages),
     )
 
 

@@ -13,9 +13,15 @@ import contextlib
 import contextvars
 import logging
 import threading
+from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+import redis
 from django.conf import settings
+from redis.exceptions import RedisError
+
+from realtime.tasks import spawn
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +52,9 @@ class Backend:
     def unsubscribe(self, channel: str) -> None:
         raise NotImplementedError
 
-    def publish(self, *items: tuple[str, bytes]) -> None:
-        """Send (channel, payload) pairs, in order."""
+    def publish(self, *items: tuple[str, bytes], durable: bool = True) -> None:
+        """Send (channel, payload) pairs, in order. Durable ones (not typing notices) reach
+        every process even if the transport fails for a while."""
         raise NotImplementedError
 
 
@@ -64,7 +71,7 @@ class LocalBackend(Backend):
     def unsubscribe(self, channel: str) -> None:
         pass
 
-    def publish(self, *items: tuple[str, bytes]) -> None:
+    def publish(self, *items: tuple[str, bytes], durable: bool = True) -> None:
         loop = self.loop
         if loop is None or loop.is_closed():
             return  # nobody in this process has ever subscribed
@@ -95,6 +102,7 @@ class RedisBackend(Backend):
         self.lock = asyncio.Lock()
         self._publisher: Any = None
         self._publisher_lock = threading.Lock()
+        self.rebroadcast = Rebroadcast(self.send)
 
     def _wanted(self) -> list[str]:
         rooms = [ROOM_PREFIX + str(room_id) for room_id in self.fanout.rooms]
@@ -127,28 +135,39 @@ class RedisBackend(Backend):
         async with self.lock:
             if self.reader is None or self.reader.done():
                 await self._connect()
-                self.reader = asyncio.create_task(self._read(), context=contextvars.Context())
+                self.reader = spawn(self._read(), name="redis fan-out feed")
             waiter = self.confirmed.get(channel)
             if waiter is None:
                 waiter = self.confirmed[channel] = asyncio.get_running_loop().create_future()
-                await self.pubsub.subscribe(channel)
+                try:
+                    await self.pubsub.subscribe(channel)
+                except BaseException:
+                    # Not subscribed: the next join must ask Redis again, not wait on this.
+                    del self.confirmed[channel]
+                    raise
         # Redis confirms a SUBSCRIBE in order on the same connection: after this, every
         # later PUBLISH to the channel reaches the reader. During a reconnect this waits
         # for the new connection's confirmation, up to JOIN_TIMEOUT.
         await asyncio.wait_for(asyncio.shield(waiter), timeout=JOIN_TIMEOUT)
 
     def unsubscribe(self, channel: str) -> None:
-        task = asyncio.ensure_future(self._unsubscribe(channel))
-        task.add_done_callback(_ignore_result)
+        spawn(self._unsubscribe(channel), name="redis fan-out unsubscribe")
 
     async def _unsubscribe(self, channel: str) -> None:
         # Under the lock, and only if nobody joined again meanwhile: a SUBSCRIBE and
         # an UNSUBSCRIBE for one channel never cross.
         async with self.lock:
-            if channel in self._wanted() or self.pubsub is None:
+            if channel in self._wanted():
                 return
+            # Forgotten even if Redis is away: a later join subscribes afresh.
             self.confirmed.pop(channel, None)
-            await self.pubsub.unsubscribe(channel)
+            if self.pubsub is None:
+                return
+            try:
+                await self.pubsub.unsubscribe(channel)
+            except (RedisError, OSError):
+                # The feed is lost; the reconnect subscribes only to what is still wanted.
+                logger.info("redis fan-out unsubscribe failed; the reconnect drops it")
 
     async def _read(self) -> None:
         backoff = 0.1
@@ -195,18 +214,34 @@ class RedisBackend(Backend):
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
 
-    def publish(self, *items: tuple[str, bytes]) -> None:
+    def publish(self, *items: tuple[str, bytes], durable: bool = True) -> None:
         """Called from actions' on_commit (any thread): one PUBLISH per message, a batch's
-        PUBLISHes in one round trip."""
+        PUBLISHes in one round trip.
+
+        A durable publish (a stored message, a user event) that Redis does not take is
+        retried in the background until it does (`Rebroadcast`): a quiet room's subscribers
+        in other processes would otherwise not notice it until the room's next message.
+        """
+        if durable and self.rebroadcast.waiting():
+            # Behind the ones waiting, so each room's stay in seq order.
+            self.rebroadcast.add(items)
+            return
+        try:
+            self.send(items)
+        except RedisError:
+            if not durable:
+                raise
+            logger.warning("broadcast failed; retrying it every %ss", settings.REBROADCAST_SECONDS)
+            self.rebroadcast.add(items)
+
+    def send(self, items: Sequence[tuple[str, bytes]]) -> None:
         with self._publisher_lock:
             if self._publisher is None:
-                import redis
-
                 self._publisher = redis.Redis.from_url(
                     str(settings.REDIS_URL),
                     socket_connect_timeout=2,
-                    socket_timeout=2,
                     socket_keepalive=True,
+                    socket_timeout=2,
                     # Pooled connections the server closed (idle timeout, restart) are
                     # noticed and reopened instead of failing the next publish.
                     health_check_interval=10,
@@ -220,6 +255,57 @@ class RedisBackend(Backend):
             pipe.execute()
 
 
-def _ignore_result(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
+class Rebroadcast:
+    """Broadcasts Redis did not take, sent again in order from a thread of their own.
+
+    A thread, not a task: publishes come from any thread (the publisher's pool, a
+    view's, a management command's), including processes with no event loop. It
+    runs only while something waits, every REBROADCAST_SECONDS, and stops once
+    Redis has taken everything. A repeat of what Redis did take (a PUBLISH that
+    timed out on our side) is harmless: sockets drop seqs they already have.
+    """
+
+    def __init__(self, send: Callable[[Sequence[tuple[str, bytes]]], None]):
+        self._send = send
+        self._items: deque[tuple[str, bytes]] = deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def waiting(self) -> int:
+        return len(self._items)
+
+    def add(self, items: Sequence[tuple[str, bytes]]) -> None:
+        with self._lock:
+            self._items.extend(items)
+            overflow = len(self._items) - settings.REBROADCAST_MAX
+            for _ in range(max(overflow, 0)):
+                # Subscribers still get these from the database: at the room's next message,
+                # or when they reconnect.
+                self._items.popleft()
+            if overflow > 0:
+                logger.error("dropped %d broadcasts waiting for Redis", overflow)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="rebroadcast", daemon=True)
+                self._thread.start()
+            else:
+                self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(settings.REBROADCAST_SECONDS)
+            self._wake.clear()
+            with self._lock:
+                items = list(self._items)
+            if items:
+                try:
+                    self._send(items)
+                except RedisError:
+                    continue
+                logger.info("%d broadcasts went out once Redis answered again", len(items))
+            with self._lock:
+                for _ in items:
+                    self._items.popleft()
+                if not self._items:
+                    self._thread = None
+                    return

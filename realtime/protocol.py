@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from django.db import DatabaseError
 
-from web.errors import ApiError, BadRequest
+from web.errors import ApiError, BadRequest, Unavailable
 
 MAX_REF_CHARS = 64
 
@@ -119,3 +120,19 @@ def error_frame(code: str, message: str, ref: str | None = None) -> str:
     if ref is not None:
         frame["ref"] = ref
     return dumps(frame)
+
+
+def unavailable(command: Command | None, error: BaseException) -> Unavailable:
+    """The `unavailable` error for a command a backing service failed, naming both."""
+    # The database's errors are DatabaseError; anything else here is Redis (the event feed).
+    what = "the message store" if isinstance(error, DatabaseError) else "the event feed"
+    if isinstance(command, Publish):
+        return Unavailable(f"{what} is unavailable; publish again with the same client_msg_id")
+    kind = type(command).__name__.lower() if command is not None else "request"
+    return Unavailable(f"{kind} failed: {what} is unavailable; try again")
+
+
+def too_large(text: str, limit: int) -> bool:
+    """Whether a text frame is over `limit` bytes of UTF-8."""
+    # A str has at most 4 UTF-8 bytes per character: only encode when it could matter.
+    return len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit)

@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 import pytest
+from django.contrib.auth import get_user_model
 from django.db import connection
 
 from tests.conftest import CaptureEvents
@@ -256,11 +257,10 @@ def test_a_batch_broadcasts_its_new_messages_in_seq_order(
 def test_a_batch_of_members_is_one_query_on_postgresql(
     room: Room, alice: Any, django_assert_num_queries: Any
 ) -> None:
-    # Rooms from the access helper carry is_member; the batch then only stores.
-    room.is_member = True  # type: ignore[attr-defined]
+    # Rooms from the access helper say the sender is a member; the batch then only stores.
     with django_assert_num_queries(1):
         actions.do_send_messages(
-            [actions.Outgoing(alice, room, f"m{i}", f"c{i}") for i in range(50)]
+            [actions.Outgoing(alice, room, f"m{i}", f"c{i}", member=True) for i in range(50)]
         )
     assert Message.objects.filter(room=room).count() == 50
 
@@ -349,3 +349,30 @@ def test_racing_batches_with_the_same_retries_store_each_message_once() -> None:
     # Every result, winner or retry, names the one stored message.
     assert all(by_id[room_id, cmid] == seq for batch in results for room_id, seq, cmid in batch)
     assert len(results) == 40
+
+
+def test_it_stores_nothing_of_a_sender_deactivated_behind_its_back(
+    room: Room, alice: Any, bob: Any, capture_events: CaptureEvents, store_path: str
+) -> None:
+    actions.do_add_member(alice, room, "bob")
+    stored = actions.do_send_message(bob, room, "before", "b-0")
+    # A socket still holds Bob as he was; the row says he is inactive now.
+    get_user_model().objects.filter(pk=bob.pk).update(is_active=False)
+    batch = [
+        actions.Outgoing(bob, room, "after", "b-1"),
+        actions.Outgoing(bob, room, "a retry", "b-0"),
+        actions.Outgoing(alice, room, "still here", "a-1"),
+    ]
+    with capture_events(1):
+        results = actions.do_send_messages(batch)
+    assert [type(r) for r in results] == [Forbidden, Forbidden, actions.SentMessage]
+    stored_rows = Message.objects.filter(room=room).order_by("seq").values_list("seq", "body")
+    assert list(stored_rows) == [(stored.message.seq, "before"), (2, "still here")]
+
+
+def test_it_leaves_the_room_objects_it_was_given_as_they_were(alice: Any, store_path: str) -> None:
+    # A socket's checked rooms live on the event loop; the store runs on a pool thread.
+    general = Room.objects.get(slug="general")
+    before = dict(vars(general))
+    actions.do_send_messages([actions.Outgoing(alice, general, "hi", "a")])
+    assert vars(general) == before

@@ -8,7 +8,8 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.test import Client, override_settings
 
-from realtime.consumers import CLOSE_POLICY, CLOSE_SESSION_ENDED
+from realtime import fanout
+from realtime.consumers import CLOSE_POLICY, CLOSE_SESSION_ENDED, CLOSE_TOO_SLOW
 from tests.test_consumers import Socket, connect, token_headers
 from web import actions
 from web.models import ApiToken, Room
@@ -125,4 +126,33 @@ async def test_logging_out_closes_that_sessions_sockets(alice: Any) -> None:
     assert (await communicator.receive_output(timeout=3))["code"] == CLOSE_SESSION_ENDED
     await other.send({"type": "ping", "ref": "p"})
     assert await other.recv() == {"type": "pong", "ref": "p"}
+    await other.comm.disconnect()
+
+
+@override_settings(SLOW_CLIENT_SECONDS=0.0)
+async def test_a_socket_cut_off_as_too_slow_publishes_and_types_nothing_more(
+    general: Room, alice: Any, bob: Any
+) -> None:
+    slow = await open_socket("alice")
+    await slow.send({"type": "subscribe", "ref": "s", "room": "general"})
+    await slow.until("subscribed")
+    # A hole makes it catch up; with no time allowed for that, it is cut off at once.
+    fanout.publish(general.pk, 2, '{"type":"message","seq":2}')
+    assert await slow.comm.receive_output(timeout=3) == {
+        "type": "websocket.close",
+        "code": CLOSE_TOO_SLOW,
+    }
+    other = await open_socket("bob")
+    await other.send({"type": "subscribe", "ref": "s", "room": "general"})
+    await other.until("subscribed")
+    # Its close grace period: the server still reads what it sends, and must ignore it.
+    await slow.send(publish_frame(1))
+    await slow.send({"type": "typing", "room": "general"})
+    assert await slow.nothing()
+    await general.arefresh_from_db()
+    assert general.last_seq == 0
+    frames = []
+    while not await other.nothing():
+        frames.append(await other.recv())
+    assert not [f for f in frames if f["type"] == "typing"], frames
     await other.comm.disconnect()

@@ -8,7 +8,9 @@ from django.contrib.auth.models import User
 from django.db.models import Exists, OuterRef, Subquery
 
 from web.errors import Forbidden, NotFound
-from web.models import Membership, Message, Room
+from web.models import ApiToken, Membership, Message, Room
+
+IN_CHUNK = 1000  # ids per IN (...) list: SQLite caps the parameters of one statement
 
 
 async def aget_room_for_user(user: User, slug: str) -> Room:
@@ -80,3 +82,28 @@ async def alast_seq(room_id: int) -> int:
     if value is None:
         raise NotFound("room is gone")
     return value
+
+
+async def astale_credentials(
+    passwords: dict[Any, str], token_ids: set[int]
+) -> tuple[set[Any], set[Any], set[int]]:
+    """Of these users (id -> the password hash a socket holds) and tokens: the users who are
+    gone or inactive, those with another password now, and the tokens that were revoked."""
+    from django.contrib.auth import get_user_model
+
+    gone, new_password, revoked = set(passwords), set(), set()
+    ids = list(passwords)
+    for start in range(0, len(ids), IN_CHUNK):
+        rows = get_user_model().objects.filter(pk__in=ids[start : start + IN_CHUNK])
+        async for pk, active, password in rows.values_list("pk", "is_active", "password"):
+            if active:
+                gone.discard(pk)
+            if password != passwords[pk]:
+                new_password.add(pk)
+    tokens = list(token_ids)
+    for start in range(0, len(tokens), IN_CHUNK):
+        ended = ApiToken.objects.filter(pk__in=tokens[start : start + IN_CHUNK]).exclude(
+            revoked_at__isnull=True
+        )
+        revoked.update([pk async for pk in ended.values_list("pk", flat=True)])
+    return gone, new_password, revoked

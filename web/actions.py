@@ -23,7 +23,16 @@ from django.utils import timezone
 
 from realtime import events
 from web.errors import ApiError, BadRequest, Conflict, Forbidden, NotFound, TooLarge
-from web.models import TOKEN_PREFIX, ApiToken, Draft, Membership, Message, Room, hash_token
+from web.models import (
+    TOKEN_PREFIX,
+    ApiToken,
+    Draft,
+    Membership,
+    Message,
+    Refused,
+    Room,
+    hash_token,
+)
 
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$")
 CLIENT_MSG_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -111,9 +120,10 @@ class Outgoing:
     """One publish of a batch: the sender, the sender's view of the room, and the message."""
 
     sender: User
-    room: Room
+    room: Room  # read only: the event loop may hold this instance (a socket's checked rooms)
     body: str
     client_msg_id: str
+    member: bool = False  # the sender is known to be a member of the room already
 
 
 def do_send_message(sender: User, room: Room, body: str, client_msg_id: str) -> SentMessage:
@@ -122,7 +132,8 @@ def do_send_message(sender: User, room: Room, body: str, client_msg_id: str) -> 
     A retry with the same client_msg_id by the same sender returns the stored
     message and broadcasts nothing.
     """
-    (result,) = do_send_messages([Outgoing(sender, room, body, client_msg_id)])
+    member = bool(getattr(room, "is_member", False))
+    (result,) = do_send_messages([Outgoing(sender, room, body, client_msg_id, member)])
     if isinstance(result, ApiError):
         raise result
     return result
@@ -147,7 +158,7 @@ def do_send_messages(batch: Sequence[Outgoing]) -> list[SentMessage | ApiError]:
     joining = {
         (batch[i].sender.pk, batch[i].room.pk)
         for i in valid
-        if not batch[i].room.private and not getattr(batch[i].room, "is_member", False)
+        if not batch[i].room.private and not batch[i].member
     }
     if joining:
         # Posting in a public room joins it, so it shows up with unread counts. Rooms from
@@ -168,13 +179,14 @@ def do_send_messages(batch: Sequence[Outgoing]) -> list[SentMessage | ApiError]:
         if found is None:
             results[i] = NotFound(f"no room {out.room.slug!r}")
             continue
+        if isinstance(found, Refused):
+            results[i] = Forbidden("your account is deactivated")
+            continue
         message, is_new = found
-        out.room.is_member = True  # type: ignore[attr-defined]  # the annotation, now true
         frame = message.to_event(out.room.slug, out.sender.get_username())
         results[i] = SentMessage(message, is_new, frame)
         if is_new:
             created.append((out.room.pk, message.seq, frame))
-            out.room.last_seq = max(out.room.last_seq, message.seq)
     if created:
         created.sort(key=lambda room_seq_frame: room_seq_frame[:2])
         transaction.on_commit(lambda: events.send_messages(created))
@@ -287,7 +299,22 @@ def do_deactivate_user(user: User) -> None:
     with transaction.atomic():
         type(user).objects.filter(pk=user.pk).update(is_active=False)
         user.is_active = False
-        transaction.on_commit(functools.partial(events.send_session_ended, user.pk))
+        do_end_user_sockets(user.pk)
+
+
+def do_check_user_sockets(user: User) -> None:
+    """After the user's row was saved outside these actions (the admin, a shell): a
+    deactivated user's sockets close; otherwise each checks its credentials again (a
+    changed password ends the user's sessions, not their tokens). After commit."""
+    if not user.is_active:
+        do_end_user_sockets(user.pk)
+        return
+    transaction.on_commit(functools.partial(events.send_user_changed, user.pk))
+
+
+def do_end_user_sockets(user_id: Any) -> None:
+    """Close every socket of the user (deactivated, or deleted), after commit."""
+    transaction.on_commit(functools.partial(events.send_session_ended, user_id))
 
 
 def do_add_totp_device(username: str, name: str) -> Any:

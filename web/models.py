@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 from collections.abc import Sequence
@@ -122,6 +123,14 @@ class Membership(models.Model):
 STORE_ATTEMPTS = 10
 
 
+class Refused:
+    """What store_batch returns for a draft whose sender is no longer active."""
+
+
+REFUSED = Refused()
+Stored = tuple["Message", bool] | None | Refused
+
+
 @dataclass(frozen=True, slots=True)
 class Draft:
     """A message to store: where, who sends it, what, and the client's id for retries."""
@@ -136,13 +145,19 @@ class Draft:
         return (self.room_id, self.sender_id, self.client_msg_id)
 
 
+Key = tuple[int, Any, str]  # (room id, sender id, client_msg_id)
+Found = tuple["Message", bool]  # a stored message, and whether this call created it
+
+
 class MessageManager(models.Manager["Message"]):
-    def store_batch(self, drafts: Sequence[Draft]) -> list[tuple[Message, bool] | None]:
+    def store_batch(self, drafts: Sequence[Draft]) -> list[Stored]:
         """Store drafts (for any rooms) with their rooms' next seqs, in order.
 
         One (message, created) per draft: a draft whose (room, sender, client_msg_id) is
         stored already, or repeats one earlier in the batch, gets that message back with
-        created=False and takes no seq. None for a draft whose room does not exist.
+        created=False and takes no seq. None for a draft whose room does not exist, and
+        REFUSED for one whose sender is inactive (checked in the storing transaction, so
+        nothing a deactivated user's socket still sends is stored).
         """
         if not drafts:
             return []
@@ -157,9 +172,9 @@ class MessageManager(models.Manager["Message"]):
                 scope = transaction.atomic() if connection.in_atomic_block else nullcontext()
                 with scope:
                     if connection.vendor == "postgresql":
-                        stored = self._store_in_one_statement(unique)
+                        stored, refused = self._store_in_one_statement(unique)
                     else:
-                        stored = self._store_portably(unique)
+                        stored, refused = self._store_portably(unique)
                 break
             except IntegrityError:
                 # A concurrent retry of one of these drafts committed after this statement's
@@ -167,23 +182,24 @@ class MessageManager(models.Manager["Message"]):
                 # it fails again only if yet another such retry commits meanwhile.
                 if attempt == STORE_ATTEMPTS:
                     raise
-        by_key: dict[tuple[int, Any, str], tuple[Message, bool]] = {
+        by_key: dict[tuple[int, Any, str], Stored] = {
             (m.room_id, m.sender_id, m.client_msg_id): (m, created) for m, created in stored
         }
-        results: list[tuple[Message, bool] | None] = []
+        by_key.update((key, REFUSED) for key in refused)
+        results: list[Stored] = []
         for d in drafts:
             found = by_key.get(d.key)
             results.append(found)
-            if found is not None:
+            if isinstance(found, tuple):
                 by_key[d.key] = (found[0], False)  # a repeat in this batch is a retry
         return results
 
-    def _store_in_one_statement(self, drafts: list[Draft]) -> list[tuple[Message, bool]]:
+    def _store_in_one_statement(self, drafts: list[Draft]) -> tuple[list[Found], list[Key]]:
         """One round trip, committed on its own: the rooms' row locks are held only for this
         statement and its commit, so publishes to one room follow each other closely."""
         with connection.cursor() as cursor:
             cursor.execute(
-                STORE_BATCH_SQL,
+                _store_batch_sql(),
                 {
                     "rooms": [d.room_id for d in drafts],
                     "senders": [d.sender_id for d in drafts],
@@ -192,7 +208,8 @@ class MessageManager(models.Manager["Message"]):
                 },
             )
             rows = cursor.fetchall()
-        return [
+        refused = [(r[1], r[3], r[5]) for r in rows if r[-1] is None]
+        found = [
             (
                 Message(
                     id=pk,
@@ -206,12 +223,24 @@ class MessageManager(models.Manager["Message"]):
                 created,
             )
             for pk, room_id, seq, sender_id, body, client_msg_id, created_at, created in rows
+            if created is not None
         ]
+        return found, refused
 
-    def _store_portably(self, drafts: list[Draft]) -> list[tuple[Message, bool]]:
+    def _store_portably(self, drafts: list[Draft]) -> tuple[list[Found], list[Key]]:
         """The same with the ORM, for SQLite (`make run`): room by room, in id order."""
-        stored: list[tuple[Message, bool]] = []
+        from django.contrib.auth import get_user_model
+
+        stored: list[Found] = []
         with transaction.atomic():
+            senders = {d.sender_id for d in drafts}
+            active = set(
+                get_user_model()
+                .objects.filter(pk__in=senders, is_active=True)
+                .values_list("pk", flat=True)
+            )
+            refused = [d.key for d in drafts if d.sender_id not in active]
+            drafts = [d for d in drafts if d.sender_id in active]
             for room_id in sorted({d.room_id for d in drafts}):
                 in_room = [d for d in drafts if d.room_id == room_id]
                 keys = {d.key for d in in_room}
@@ -241,7 +270,7 @@ class MessageManager(models.Manager["Message"]):
                     for i, d in enumerate(fresh)
                 )
                 stored += [(m, True) for m in created]
-        return stored
+        return stored, refused
 
     def page_after(self, room_id: int, after: int, limit: int) -> models.QuerySet[Message]:
         return (
@@ -304,11 +333,17 @@ class Message(models.Model):
 # deadlocking. All parts of one statement run on one snapshot: a retry committed by another
 # process after it began makes the INSERT fail on the idempotency constraint, and the whole
 # statement (seqs included) rolls back.
+#
+# Drafts of senders who are not active are stored by no part of it and come back as rows
+# with `created` NULL: the check is in the storing transaction, so a socket that has not yet
+# heard of its user's deactivation stores nothing.
 STORE_BATCH_SQL = """
-WITH draft AS (
+WITH given AS (
     SELECT * FROM unnest(
         %(rooms)s::bigint[], %(senders)s::bigint[], %(bodies)s::text[], %(ids)s::text[]
     ) WITH ORDINALITY AS d(room_id, sender_id, body, client_msg_id, ord)
+), draft AS (
+    SELECT g.* FROM given g JOIN {users} u ON u.id = g.sender_id AND u.is_active
 ), stored AS (
     SELECT m.id, m.room_id, m.seq, m.sender_id, m.body, m.client_msg_id, m.created_at
     FROM web_message m JOIN draft d
@@ -339,4 +374,15 @@ WITH draft AS (
 SELECT *, true FROM inserted
 UNION ALL
 SELECT *, false FROM stored
+UNION ALL
+SELECT NULL, g.room_id, NULL, g.sender_id, NULL, g.client_msg_id, NULL, NULL FROM given g
+WHERE NOT EXISTS (SELECT 1 FROM draft d WHERE d.ord = g.ord)
 """
+
+
+@functools.cache
+def _store_batch_sql() -> str:
+    from django.contrib.auth import get_user_model
+
+    users = connection.ops.quote_name(get_user_model()._meta.db_table)
+    return STORE_BATCH_SQL.replace("{users}", users)

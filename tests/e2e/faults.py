@@ -15,6 +15,7 @@ import base64
 import contextlib
 import json
 import os
+import signal
 import socket
 import struct
 from collections import Counter, defaultdict
@@ -510,3 +511,15 @@ def tcp_sockets(pid: int, *, local_port: int | None = None, remote_port: int | N
         with contextlib.suppress(OSError):
             count += os.readlink(fd_dir / fd) in inodes
     return count
+
+
+@contextlib.contextmanager
+def frozen(pids: list[int]) -> Iterator[None]:
+    """SIGSTOP the processes: their sockets stay open, the kernel still ACKs, nothing answers."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)

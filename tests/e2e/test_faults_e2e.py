@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
-import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -31,6 +29,7 @@ from tests.e2e.faults import (
     assert_cap_refuses,
     build_stack,
     connect_under_cap,
+    frozen,
     holds_connection,
     open_fds,
     pid_of,
@@ -455,18 +454,6 @@ def postgres_pids(server: Any) -> list[int]:
                 if int(stat.rsplit(")", 1)[1].split()[1]) == postmaster:
                     children.append(int(entry.name))
     return [postmaster, *children]
-
-
-@contextlib.contextmanager
-def frozen(pids: list[int]) -> Iterator[None]:
-    """SIGSTOP the processes: their sockets stay open, the kernel still ACKs, nothing answers."""
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
 
 
 async def test_a_frozen_database_answers_unavailable_in_bounded_time_and_a_retry_is_stored_once(

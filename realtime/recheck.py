@@ -1,0 +1,79 @@
+"""Open sockets' credentials, checked again now and then: the bound for changes Django never saw.
+
+Deactivating a user, changing a password or revoking a token through Django (an
+action, the admin, `user.save()` in a shell) reaches the user's sockets at once
+(web/receivers.py, web/actions.py). A change behind Django's back, such as a raw
+SQL UPDATE, sends nothing; so every AUTH_RECHECK_SECONDS each process reads the
+users and tokens of its open sockets (one query each per thousand) and sends
+`user.changed` to the sockets whose user is gone or inactive, whose password
+changed since they connected, or whose token was revoked. They check themselves
+then as on any `user.changed` (ChatConsumer.user_changed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Protocol, cast
+
+from django.conf import settings
+from django.db import DatabaseError
+
+from realtime.deadlines import db
+from realtime.fanout import get_fanout
+from realtime.tasks import spawn
+from web.access import astale_credentials
+
+logger = logging.getLogger(__name__)
+
+USER_CHANGED: dict[str, Any] = {"type": "user.changed"}
+
+
+class Signed(Protocol):
+    user: Any
+    token_id: int | None
+
+    def on_user_event(self, event: dict[str, Any]) -> None: ...
+
+
+_task: asyncio.Task[None] | None = None
+
+
+def watch() -> None:
+    """Make sure this process's recheck runs (a socket just joined); it stops with the last."""
+    global _task
+    loop = asyncio.get_running_loop()
+    if _task is None or _task.done() or _task.get_loop() is not loop:
+        _task = spawn(_run(), name="credentials recheck")
+
+
+async def _run() -> None:
+    while get_fanout().users:
+        await asyncio.sleep(settings.AUTH_RECHECK_SECONDS)
+        try:
+            await recheck_once()
+        except DatabaseError:
+            logger.warning("cannot recheck open sockets' credentials now", exc_info=True)
+
+
+async def recheck_once() -> int:
+    """Send `user.changed` to the sockets whose credentials changed; how many there were."""
+    # The fan-out's user listeners are ChatConsumers, which carry their credentials.
+    sockets = cast(
+        list[Signed], [socket for listeners in get_fanout().users.values() for socket in listeners]
+    )
+    passwords = {s.user.pk: s.user.password for s in sockets}
+    token_ids = {s.token_id for s in sockets if s.token_id is not None}
+    gone, new_password, revoked = await db(astale_credentials(passwords, token_ids))
+    told = 0
+    for socket in sockets:
+        user_id, token_id = socket.user.pk, socket.token_id
+        if (
+            user_id in gone
+            or token_id in revoked
+            # A session ends when the password changes (its auth hash does); a token does not.
+            or (token_id is None and user_id in new_password)
+        ):
+            socket.on_user_event(USER_CHANGED)
+            told += 1
+    return told
