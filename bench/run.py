@@ -133,7 +133,7 @@ def _collect(
 
 def _plots(outcomes: dict[str, dict[str, Outcome]], results: Path) -> None:
     """A PNG for every run, next to its JSON."""
-    from realtime.loadtest.plot import plot
+    from loadtest.plot import plot
 
     for by_target in outcomes.values():
         for outcome in by_target.values():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from realtime.loadtest.report import (
+from loadtest.report import (
     Correctness,
     Counters,
     LiveHistogram,

@@ -8,9 +8,9 @@ import resource
 import sys
 from pathlib import Path
 
-from realtime.loadtest.config import Config
-from realtime.loadtest.coordinator import Coordinator
-from realtime.loadtest.report import render
+from loadtest.config import Config
+from loadtest.coordinator import Coordinator
+from loadtest.report import render
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     if args.plot:
-        from realtime.loadtest.plot import plot  # matplotlib is slow to import: only when asked
+        from loadtest.plot import plot  # matplotlib is slow to import: only when asked
 
         plot(report, args.plot)
     print(render(report))

@@ -1,6 +1,6 @@
 """Draw a load-test report: latency over time and the latency histogram, to a PNG.
 
-Also a command: `python -m realtime.loadtest.plot REPORT.json OUT.png` redraws a saved report.
+Also a command: `python -m loadtest.plot REPORT.json OUT.png` redraws a saved report.
 """
 
 from __future__ import annotations
@@ -71,5 +71,5 @@ def _title(report: dict[str, Any]) -> str:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        sys.exit("usage: python -m realtime.loadtest.plot REPORT.json OUT.png")
+        sys.exit("usage: python -m loadtest.plot REPORT.json OUT.png")
     plot(json.loads(Path(sys.argv[1]).read_text()), sys.argv[2])

@@ -22,10 +22,10 @@ from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import WebSocketURI
 
-from realtime.loadtest.report import SeqCheck
+from loadtest.report import SeqCheck
 
 if TYPE_CHECKING:
-    from realtime.loadtest.worker import Worker
+    from loadtest.worker import Worker
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 CLOSE_NORMAL = 1000

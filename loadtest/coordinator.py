@@ -16,15 +16,15 @@ from typing import Any, TextIO
 import numpy as np
 import numpy.typing as npt
 
-from realtime.loadtest.config import Config
-from realtime.loadtest.report import (
+from loadtest.config import Config
+from loadtest.report import (
     Correctness,
     Counters,
     LiveHistogram,
     Window,
     build_report,
 )
-from realtime.loadtest.worker import WorkerResult, worker_main
+from loadtest.worker import WorkerResult, worker_main
 
 START_DELAY_S = 0.3  # time for the "start" message to reach every worker
 STOP_GRACE_S = 5.0  # how long stopped workers get to send what they have

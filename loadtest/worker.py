@@ -1,6 +1,6 @@
 """One load-test worker process: its slice of the connections, driven through the phases.
 
-The parent (`realtime.loadtest.run`) synchronises the workers over a pipe:
+The parent (`loadtest.coordinator`) synchronises the workers over a pipe:
 
     worker -> parent   ("tick", counters, recv_ms, latency_us)   every second
     worker -> parent   ("ready",)                                 all its connections settled
@@ -28,9 +28,9 @@ from typing import Any
 
 from websockets.uri import WebSocketURI, parse_uri
 
-from realtime.loadtest.client import Connection, Phase, Role, resolve, tls_context
-from realtime.loadtest.config import Config
-from realtime.loadtest.report import Correctness, Counters
+from loadtest.client import Connection, Phase, Role, resolve, tls_context
+from loadtest.config import Config
+from loadtest.report import Correctness, Counters
 
 monotonic_ns = time.monotonic_ns
 TICK_SECONDS = 1.0
