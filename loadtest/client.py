@@ -14,7 +14,8 @@ import enum
 import socket
 import ssl
 import time
-from typing import TYPE_CHECKING, Any
+from array import array
+from typing import Any, Protocol
 
 import orjson
 from websockets.client import ClientProtocol
@@ -22,10 +23,7 @@ from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import WebSocketURI
 
-from loadtest.report import SeqCheck
-
-if TYPE_CHECKING:
-    from loadtest.worker import Worker
+from loadtest.report import Counters, SeqCheck
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 CLOSE_NORMAL = 1000
@@ -45,6 +43,24 @@ class Phase(enum.Enum):
     CONNECTING = 0
     OPEN = 1
     CLOSED = 2
+
+
+class Owner(Protocol):
+    """What a connection needs from the worker that owns it (loadtest.worker.Worker)."""
+
+    counters: Counters
+    t0_ns: int
+    recv_ms: array[int]  # when each timed message arrived, in ms since t0_ns
+    latency_us: array[int]  # and how long it took, publisher to subscriber
+
+    def on_open(self, conn: Connection) -> None: ...
+    def on_subscribed(self, conn: Connection) -> None: ...
+    def on_failed(self, conn: Connection, reason: str) -> None: ...
+    def on_dropped(self, conn: Connection, reason: str) -> None: ...
+    def on_ack(self, msg: dict[str, Any]) -> None: ...
+    def on_error_frame(self, conn: Connection, msg: dict[str, Any]) -> None: ...
+    def on_resync(self, conn: Connection) -> None: ...
+    def on_protocol_error(self, conn: Connection, what: str) -> None: ...
 
 
 class Connection(asyncio.Protocol):
@@ -69,7 +85,7 @@ class Connection(asyncio.Protocol):
     )
 
     def __init__(
-        self, worker: Worker, role: Role, uri: WebSocketURI, token: str | None, room: str | None
+        self, worker: Owner, role: Role, uri: WebSocketURI, token: str | None, room: str | None
     ) -> None:
         self.worker = worker
         self.role = role

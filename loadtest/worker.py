@@ -1,14 +1,6 @@
 """One load-test worker process: its slice of the connections, driven through the phases.
 
-The parent (`loadtest.coordinator`) synchronises the workers over a pipe:
-
-    worker -> parent   ("tick", counters, recv_ms, latency_us)   every second
-    worker -> parent   ("ready",)                                 all its connections settled
-    parent -> worker   ("start", publish_start_ns, publish_end_ns)
-    worker -> parent   ("acked", {room: last acked seq})          publishing over, acks in
-    parent -> worker   ("final", {room: last acked seq}, drain_deadline_ns)
-    worker -> parent   ("result", WorkerResult)
-    parent -> worker   ("stop",)                                  at any time: wrap up now
+The coordinator keeps the workers in step over pipes (loadtest.link lists the messages).
 """
 
 from __future__ import annotations
@@ -30,6 +22,7 @@ from websockets.uri import WebSocketURI, parse_uri
 
 from loadtest.client import Connection, Phase, Role, resolve, tls_context
 from loadtest.config import Config
+from loadtest.link import ParentLink
 from loadtest.report import Correctness, Counters
 
 monotonic_ns = time.monotonic_ns
@@ -52,10 +45,7 @@ class Worker:
     def __init__(self, config: Config, index: int, commands: Pipe, reports: Pipe, t0_ns: int):
         self.config = config
         self.index = index
-        # Two one-way pipes: the event loop makes the command end non-blocking, while
-        # reports (a second's samples can be a megabyte) are written blocking.
-        self.commands_in = commands
-        self.reports = reports
+        self.link = ParentLink(commands, reports, self._on_stop)
         self.t0_ns = t0_ns
         self.run_id = secrets.token_hex(4)
         self.counters = Counters()
@@ -73,7 +63,6 @@ class Worker:
         self.pending = 0  # planned, neither ready nor failed
         self.slots: asyncio.Semaphore | None = None  # handshakes allowed in flight
         self.settled: asyncio.Future[None] | None = None
-        self.awaited: dict[str, asyncio.Future[tuple[Any, ...] | None]] = {}
         self.acks_in: asyncio.Event | None = None  # set once nothing is outstanding
         self.stopped = False
         self.closing = False
@@ -82,17 +71,17 @@ class Worker:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_reader(self.commands_in.fileno(), self._on_command)
+        self.link.listen(loop)
         ticker = loop.create_task(self._tick())
         try:
             await self._connect_all()
-            self._send(("ready",))
-            start = await self._command("start")
+            self.link.send(("ready",))
+            start = await self.link.command("start")
             if start is not None:
                 await self._publish(start[1], start[2])
                 await self._await_acks(start[2] + int(self.config.drain * 1e9))
-            self._send(("acked", dict(self.last_acked)))
-            final = await self._command("final")
+            self.link.send(("acked", dict(self.last_acked)))
+            final = await self.link.command("final")
             last_acked = final[1] if final is not None else dict(self.last_acked)
             if final is not None:
                 await self._drain(last_acked, final[2])
@@ -104,8 +93,8 @@ class Worker:
                     self.correctness.add_stream(conn.check, last_acked.get(conn.room or "", 0))
         finally:
             ticker.cancel()
-            loop.remove_reader(self.commands_in.fileno())
-        self._send(("result", self._result()))
+            self.link.stop_listening(loop)
+        self.link.send(("result", self._result()))
 
     async def _connect_all(self) -> None:
         cfg, k, procs = self.config, self.index, self.config.procs
@@ -321,39 +310,15 @@ class Worker:
 
     # Talking to the parent
 
-    def _send(self, message: tuple[Any, ...]) -> None:
-        self.reports.send(message)
-
-    def _on_command(self) -> None:
-        try:
-            message = self.commands_in.recv()
-        except EOFError:
-            message = ("stop",)  # the parent is gone
-        if message[0] == "stop":
-            self.stopped = True
-            for future in self.awaited.values():
-                if not future.done():
-                    future.set_result(None)
-            if self.acks_in is not None:
-                self.acks_in.set()
-            if self.settled is not None and not self.settled.done():
-                self.settled.set_result(None)
-            if self.slots is not None:
-                self.slots.release()  # wake a connect loop waiting for a slot
-            return
-        future = self._future(message[0])
-        if not future.done():
-            future.set_result(message)
-
-    def _future(self, name: str) -> asyncio.Future[tuple[Any, ...] | None]:
-        if name not in self.awaited:
-            self.awaited[name] = asyncio.get_running_loop().create_future()
-        return self.awaited[name]
-
-    async def _command(self, name: str) -> tuple[Any, ...] | None:
-        if self.stopped:
-            return None
-        return await self._future(name)
+    def _on_stop(self) -> None:
+        """The coordinator said stop (or is gone): wake every phase that waits."""
+        self.stopped = True
+        if self.acks_in is not None:
+            self.acks_in.set()
+        if self.settled is not None and not self.settled.done():
+            self.settled.set_result(None)
+        if self.slots is not None:
+            self.slots.release()  # wake a connect loop waiting for a slot
 
     async def _sleep_until(self, when_ns: int) -> None:
         while not self.stopped:
@@ -366,7 +331,7 @@ class Worker:
         while True:
             await asyncio.sleep(TICK_SECONDS)
             recv, lat = self._take_samples()
-            self._send(("tick", self.counters, recv, lat))
+            self.link.send(("tick", self.counters, recv, lat))
 
     def _take_samples(self) -> tuple[bytes, bytes]:
         recv, lat = self.recv_ms.tobytes(), self.latency_us.tobytes()
