@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import re
+from typing import Annotated, Any
 
+import msgspec
 import orjson
 from django.db import DatabaseError
+from msgspec import Meta
 
 from web.errors import ApiError, BadRequest, Unavailable
 
 MAX_REF_CHARS = 64
+MAX_ROOM_CHARS = 50  # Room.slug's max_length
+
+Ref = Annotated[str, Meta(max_length=MAX_REF_CHARS)] | None
+RoomSlug = Annotated[str, Meta(max_length=MAX_ROOM_CHARS)]
+# A seq is a PostgreSQL bigint.
+Seq = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 
 
 class ProtocolError(ApiError):
@@ -21,94 +29,122 @@ class ProtocolError(ApiError):
         self.ref = ref
 
 
-@dataclass(frozen=True, slots=True)
-class Subscribe:
-    ref: str | None
-    room: str
-    since: int | None
+# Each command is told apart by its "type" key. Fields are keyword-only because `ref`, optional,
+# comes first; unknown keys are ignored, since clients may be newer than the server. Body and
+# client_msg_id are only typed here: web/actions.py checks them (too_large, the id's alphabet).
 
 
-@dataclass(frozen=True, slots=True)
-class Unsubscribe:
-    ref: str | None
-    room: str
+class Subscribe(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="subscribe"):
+    ref: Ref = None
+    room: RoomSlug
+    since: Seq | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Publish:
-    ref: str | None
-    room: str
+class Unsubscribe(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="unsubscribe"):
+    ref: Ref = None
+    room: RoomSlug
+
+
+class Publish(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="publish"):
+    ref: Ref = None
+    room: RoomSlug
     body: str
     client_msg_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class Typing:
-    ref: str | None
-    room: str
+class Typing(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="typing"):
+    ref: Ref = None
+    room: RoomSlug
 
 
-@dataclass(frozen=True, slots=True)
-class Ping:
-    ref: str | None
+class Ping(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="ping"):
+    ref: Ref = None
 
 
 Command = Subscribe | Unsubscribe | Publish | Typing | Ping
+
+_decoder: msgspec.json.Decoder[Command] = msgspec.json.Decoder(Command)
+_TYPES = frozenset(
+    kind.__struct_config__.tag for kind in (Subscribe, Unsubscribe, Publish, Typing, Ping)
+)
+
+
+class _RefOnly(msgspec.Struct):
+    ref: Ref = None
+
+
+class _TypeOnly(msgspec.Struct):
+    type: str | None = None
+
+
+_ref_decoder = msgspec.json.Decoder(_RefOnly)
+_type_decoder = msgspec.json.Decoder(_TypeOnly)
+
+# What each field must be, said once per field whatever msgspec found wrong with it.
+_MUST = {
+    "ref": f"ref must be a string of at most {MAX_REF_CHARS} characters",
+    "room": f"room must be a string of at most {MAX_ROOM_CHARS} characters",
+    "since": "since must be a non-negative integer",
+    "body": "body must be a string",
+    "client_msg_id": "client_msg_id must be a string",
+}
+# msgspec names the field at the end of its message: "... - at `$.room`" or "... field `room`".
+_FIELD_RE = re.compile(r"(?:at `\$\.|field `)(\w+)`$")
 
 
 def parse(text: str) -> Command:
     """Parse one text frame; raise ProtocolError (code bad_request) if it is not a valid command."""
     try:
-        data = orjson.loads(text)
-    except orjson.JSONDecodeError:
+        command = _decoder.decode(text)
+    except msgspec.ValidationError as error:
+        raise _explain(text, error) from None
+    except (msgspec.DecodeError, UnicodeEncodeError):
+        # UnicodeEncodeError: a lone surrogate in the str, which has no UTF-8 form.
         raise ProtocolError(BadRequest("frame is not valid JSON"), None) from None
-    if not isinstance(data, dict):
-        raise ProtocolError(BadRequest("frame must be a JSON object"), None)
-    ref = data.get("ref")
-    if ref is not None and not (isinstance(ref, str) and len(ref) <= MAX_REF_CHARS):
-        raise ProtocolError(BadRequest(f"ref must be a string of at most {MAX_REF_CHARS}"), None)
+    # JSON has no raw NUL, only the escape: skip the field checks for the frames without one.
+    if "\\u0000" in text:
+        _refuse_nul(command)
+    return command
+
+
+def _explain(text: str, error: msgspec.ValidationError) -> ProtocolError:
+    """The ProtocolError for valid JSON that is no valid command, with its ref if it has one."""
+    # msgspec stops at the first bad field and does not say what the ref was: read it alone.
     try:
-        return _command(data, ref)
-    except ApiError as error:
-        raise ProtocolError(error, ref) from None
+        ref = _ref_decoder.decode(text).ref
+    except msgspec.ValidationError:
+        # The text is valid JSON: if it is an object, what _RefOnly refused is its ref.
+        if text.lstrip(" \t\r\n").startswith("{"):
+            return ProtocolError(BadRequest(_MUST["ref"]), None)
+        return ProtocolError(BadRequest("frame must be a JSON object"), None)
+    match = _FIELD_RE.search(str(error))
+    field = match.group(1) if match else None
+    if field == "type":
+        return ProtocolError(_bad_type(text), ref)
+    if field in _MUST:
+        return ProtocolError(BadRequest(_MUST[field]), ref)
+    return ProtocolError(BadRequest(str(error)), ref)
 
 
-def _command(data: dict[str, Any], ref: str | None) -> Command:
-    kind = data.get("type")
-    if kind == "publish":
-        return Publish(ref, _room(data), _str(data, "body"), _str(data, "client_msg_id"))
-    if kind == "subscribe":
-        since = data.get("since")
-        if since is not None and not (
-            isinstance(since, int) and not isinstance(since, bool) and 0 <= since < 2**63
-        ):
-            raise BadRequest("since must be a non-negative integer")
-        return Subscribe(ref, _room(data), since)
-    if kind == "unsubscribe":
-        return Unsubscribe(ref, _room(data))
-    if kind == "typing":
-        return Typing(ref, _room(data))
-    if kind == "ping":
-        return Ping(ref)
-    if not isinstance(kind, str):
-        raise BadRequest("type must be a string")
-    raise BadRequest(f"unknown type {kind[:32]!r}")
+def _bad_type(text: str) -> BadRequest:
+    """Why msgspec refused the frame's type: missing or not a string, unknown, or repeated."""
+    try:
+        kind = _type_decoder.decode(text).type
+    except msgspec.ValidationError:
+        kind = None
+    if kind is None:
+        return BadRequest("type must be a string")
+    if kind in _TYPES:
+        # Known, yet msgspec refused it: the frame repeats "type" with different values.
+        return BadRequest("type must be given once")
+    return BadRequest(f"unknown type {kind[:32]!r}")
 
 
-def _room(data: dict[str, Any]) -> str:
-    return _str(data, "room", max_chars=50)
-
-
-def _str(data: dict[str, Any], field: str, max_chars: int | None = None) -> str:
-    value = data.get(field)
-    if not isinstance(value, str):
-        raise BadRequest(f"{field} must be a string")
-    if "\x00" in value:
-        # PostgreSQL cannot store NUL; refuse it here rather than fail the write.
-        raise BadRequest(f"{field} must not contain NUL characters")
-    if max_chars is not None and len(value) > max_chars:
-        raise BadRequest(f"{field} must be at most {max_chars} characters")
-    return value
+def _refuse_nul(command: Command) -> None:
+    for field in ("room", "body", "client_msg_id"):
+        if "\x00" in getattr(command, field, ""):
+            # PostgreSQL cannot store NUL; refuse it here rather than fail the write.
+            raise ProtocolError(BadRequest(f"{field} must not contain NUL characters"), command.ref)
 
 
 def dumps(frame: dict[str, Any]) -> str:

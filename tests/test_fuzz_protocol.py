@@ -103,11 +103,17 @@ refs = st.none() | st.text(max_size=64)
 unknown_keys = st.text(max_size=8).filter(lambda key: key not in KEYS)
 rooms = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), max_size=50)
 valid_commands = st.one_of(
-    st.builds(Subscribe, refs, rooms, st.none() | st.integers(0, 2**63 - 1)),
-    st.builds(Unsubscribe, refs, rooms),
-    st.builds(Publish, refs, rooms, stored_text, stored_text.map(lambda t: t[:64])),
-    st.builds(Typing, refs, rooms),
-    st.builds(Ping, refs),
+    st.builds(Subscribe, ref=refs, room=rooms, since=st.none() | st.integers(0, 2**63 - 1)),
+    st.builds(Unsubscribe, ref=refs, room=rooms),
+    st.builds(
+        Publish,
+        ref=refs,
+        room=rooms,
+        body=stored_text,
+        client_msg_id=stored_text.map(lambda t: t[:64]),
+    ),
+    st.builds(Typing, ref=refs, room=rooms),
+    st.builds(Ping, ref=refs),
 )
 
 
@@ -121,7 +127,7 @@ def to_frame(command: Command) -> dict[str, Any]:
         Ping: "ping",
     }
     frame: dict[str, Any] = {"type": kind[type(command)]}
-    for field in command.__slots__:
+    for field in command.__struct_fields__:
         value = getattr(command, field)
         if value is not None:
             frame[field] = value

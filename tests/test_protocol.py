@@ -10,18 +10,18 @@ from realtime.protocol import Ping, Publish, Subscribe, Unsubscribe
 
 def test_it_parses_every_command() -> None:
     assert protocol.parse('{"type":"subscribe","ref":"1","room":"general","since":41}') == (
-        Subscribe("1", "general", 41)
+        Subscribe(ref="1", room="general", since=41)
     )
     assert protocol.parse('{"type":"subscribe","room":"general"}') == Subscribe(
-        None, "general", None
+        ref=None, room="general", since=None
     )
     assert protocol.parse('{"type":"unsubscribe","ref":"2","room":"general"}') == Unsubscribe(
-        "2", "general"
+        ref="2", room="general"
     )
     assert protocol.parse(
         '{"type":"publish","ref":"3","room":"general","body":"hi","client_msg_id":"m1"}'
-    ) == Publish("3", "general", "hi", "m1")
-    assert protocol.parse('{"type":"ping","ref":"4"}') == Ping("4")
+    ) == Publish(ref="3", room="general", body="hi", client_msg_id="m1")
+    assert protocol.parse('{"type":"ping","ref":"4"}') == Ping(ref="4")
 
 
 @pytest.mark.parametrize(
