@@ -24,6 +24,7 @@ from django.contrib.auth import aget_user
 from django.contrib.auth.models import AnonymousUser
 from django.http.request import split_domain_port, validate_host
 
+from web.auth import parse_bearer
 from web.models import ApiToken
 
 
@@ -33,10 +34,7 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
 
 def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
     value = _header(headers, b"authorization")
-    if value is None:
-        return None
-    scheme, _, token = value.decode("latin-1").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
+    return parse_bearer(value.decode("latin-1") if value is not None else None)
 
 
 def origin_allowed(headers: list[tuple[bytes, bytes]]) -> bool:

@@ -12,8 +12,12 @@ from web.errors import Unauthorized
 from web.models import ApiToken
 
 
-def bearer_token(request: HttpRequest) -> str | None:
-    header = request.headers.get("Authorization")
+def parse_bearer(header: str | None) -> str | None:
+    """The token of an Authorization header's value, for HTTP and the websocket handshake alike.
+
+    None when there is no header. "" when it names another scheme or no token: the caller
+    refuses that, rather than falling back to the session as if no header had been sent.
+    """
     if header is None:
         return None
     scheme, _, token = header.partition(" ")
@@ -32,7 +36,7 @@ class BearerCsrfExemptMiddleware:
             markcoroutinefunction(self)
 
     def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
-        if bearer_token(request) is not None:
+        if parse_bearer(request.headers.get("Authorization")) is not None:
             # The flag Django's CsrfViewMiddleware honours (as DRF's token auth relies on).
             request._dont_enforce_csrf_checks = True  # type: ignore[attr-defined]
         return self.get_response(request)  # type: ignore[no-any-return]
@@ -40,7 +44,7 @@ class BearerCsrfExemptMiddleware:
 
 async def aauthenticate(request: HttpRequest) -> Any:
     """The authenticated user, or Unauthorized. A bad token never falls back to the session."""
-    token = bearer_token(request)
+    token = parse_bearer(request.headers.get("Authorization"))
     if token is not None:
         user = await ApiToken.objects.auser_for(token) if token else None
         if user is None:
