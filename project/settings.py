@@ -15,21 +15,23 @@ import environ
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-env = environ.Env()
+# Any variable may also come from the file NAME_FILE points at.
+env = environ.FileAwareEnv()
 
 
-def envsecret(name: str, default: str | None = None) -> str | None:
-    """Read a secret from NAME, or from the file that NAME_FILE points at."""
-    path = os.environ.get(f"{name}_FILE")
-    if path:
-        return Path(path).read_text().strip()
-    return os.environ.get(name, default)
+def secret(name: str) -> str | None:
+    """A secret from NAME, or from the file that NAME_FILE points at."""
+    # Read through env.ENVIRON, not env.str: env.str would take a value starting with "$" as
+    # the name of another variable to read (Django's generated keys may start with "$"), and
+    # would keep the newline a mounted file ends with.
+    value = env.ENVIRON.get(name)
+    return value.strip() if value is not None else None
 
 
 DEBUG = env.bool("DEBUG", default=False)
 SECURE = env.bool("SECURE", default=False)
 
-SECRET_KEY = envsecret("SECRET_KEY")
+SECRET_KEY = secret("SECRET_KEY")
 if not SECRET_KEY:
     # Production (SECURE=1) never falls back to a generated key: every process must share one.
     if not DEBUG and env.bool("REQUIRE_SECRET_KEY", default=SECURE):
@@ -95,7 +97,7 @@ TEMPLATES = [
 if os.environ.get("DATABASE_URL"):
     DATABASES = {"default": env.db_url("DATABASE_URL")}
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-        _db_password = envsecret("DATABASE_PASSWORD")
+        _db_password = secret("DATABASE_PASSWORD")
         if _db_password:
             DATABASES["default"]["PASSWORD"] = _db_password
         DATABASES["default"].setdefault("OPTIONS", {})
@@ -124,7 +126,7 @@ else:
 
 # With REDIS_URL the fan-out (realtime/fanout.py, the app's channel layer) runs over Redis
 # pub/sub and processes share it; without, it stays inside one process.
-REDIS_URL = envsecret("REDIS_URL")
+REDIS_URL = secret("REDIS_URL")
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
