@@ -40,7 +40,7 @@ lint: $(STAMP)
 # vulnerability service, so there it reports every package as not audited; see docs/security.md.
 .PHONY: audit
 audit: $(STAMP)
-	$(BIN)/bandit -q -r project web realtime -c pyproject.toml
+	$(BIN)/bandit -q -r project web realtime loadtest -c pyproject.toml
 	@mkdir -p var
 	# Fails on any known-vulnerable dependency. A dependency the vulnerability service has no
 	# answer for is listed as not audited; PIP_AUDIT_STRICT=1 makes that fail too.

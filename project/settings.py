@@ -124,9 +124,20 @@ else:
         }
     }
 
-# With REDIS_URL the fan-out (realtime/fanout.py, the app's channel layer) runs over Redis
-# pub/sub and processes share it; without, it stays inside one process.
+# With REDIS_URL the channel layer (realtime/layer.py) runs over Redis pub/sub and processes
+# share it; without, it stays inside one process.
 REDIS_URL = secret("REDIS_URL")
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "realtime.layer.ChatChannelLayer",
+        "CONFIG": {
+            "url": REDIS_URL,
+            # Messages waiting on a channel longer than this are dropped; per channel at most.
+            "expiry": env.float("CHANNEL_EXPIRY_SECONDS", default=60.0),
+            "capacity": env.int("CHANNEL_CAPACITY", default=100),
+        },
+    }
+}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

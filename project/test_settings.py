@@ -23,3 +23,10 @@ DATABASES = {
 
 # In-process tests use the fan-out's in-process backend; tests that need Redis set REDIS_URL.
 REDIS_URL = None
+# The channel layer in process too (settings.py read REDIS_URL from the environment).
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "realtime.layer.ChatChannelLayer",
+        "CONFIG": {"url": None, "expiry": 60.0, "capacity": 100},
+    }
+}

@@ -1,7 +1,7 @@
 """The /ws/ consumer: authenticate, parse, call an action or a read helper, send frames.
 
-Resume guarantee: a subscription joins the process's fan-out for the room
-(realtime/fanout.py) *before* it reads the room's last_seq, so nothing
+Resume guarantee: a subscription joins the room's group through the channel
+layer's fan-out (realtime/layer.py) *before* it reads the room's last_seq, so nothing
 published after that read can be missed. Each subscription tracks the last seq
 it sent: the fan-out writes only the next seq to an in-sync socket; anything
 else (a backfill in progress, a hole, a socket too slow to keep up) is caught
@@ -19,6 +19,7 @@ from asgiref.sync import sync_to_async
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import DatabaseError
 from redis.exceptions import RedisError
@@ -26,7 +27,8 @@ from redis.exceptions import RedisError
 from realtime import limits, protocol, publisher, recheck
 from realtime.auth import still_signed_in
 from realtime.deadlines import db, sweep_connections
-from realtime.fanout import Subscription, get_fanout
+from realtime.fanout import Subscription
+from realtime.groups import room_group, user_group
 from realtime.protocol import Command, Ping, Publish, Subscribe, Typing, Unsubscribe
 from realtime.tasks import spawn
 from realtime.wire import writer_for
@@ -55,8 +57,8 @@ class RoomSub:
 
 
 class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is untyped
-    # Events reach sockets through the fan-out (realtime/fanout.py), not a channel per consumer:
-    # __call__ below runs without a channel layer.
+    # Events reach sockets through the channel layer's fanout extension (realtime/layer.py),
+    # not a channel per consumer: __call__ below reads no channel.
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """AsyncConsumer.__call__ for a consumer with no channel layer, one message at a time.
@@ -80,7 +82,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
     async def connect(self) -> None:
         """Called when a WebSocket connection is opened: authenticate, then accept."""
         user = self.scope.get("user")
-        self.subs: dict[int, RoomSub] = {}
+        self.subs: dict[str, RoomSub] = {}  # by group
         # Rooms this socket was let into, by slug: publishing is not a query per message.
         self.rooms: dict[str, Room] = {}
         self.counted = False
@@ -104,8 +106,9 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             return
         self.limits = limits.ConnectionLimits(user_state)
         self.counted = True
+        self.layer = get_channel_layer()
         try:
-            await get_fanout().join_user(user.pk, self)
+            await self.layer.listen(user_group(user.pk), self)
         except Exception:
             logger.warning("cannot follow user events; closing the socket", exc_info=True)
             await self.close(code=1011)
@@ -133,12 +136,12 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             writer.flush()
 
     def _release(self) -> None:
-        for room_id in list(getattr(self, "subs", {})):
-            self._drop(room_id)
+        for group in list(getattr(self, "subs", {})):
+            self._drop(group)
         if getattr(self, "counted", False):
             self.counted = False
             limits.disconnect(self.user.pk)
-            get_fanout().leave_user(self.user.pk, self)
+            self.layer.unlisten(user_group(self.user.pk), self)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Run the handler for a message, without Channels' per-message connection sweep.
@@ -216,18 +219,19 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
 
     async def subscribe(self, command: Subscribe) -> None:
         room = self._remember(await db(aget_room_for_user(self.user, command.room)))
-        self._drop(room.pk)  # subscribing again restarts from the new `since`
-        entry = RoomSub(room, Subscription(room.pk, self.writer, self._behind))
-        self.subs[room.pk] = entry
+        group = room_group(room.pk)
+        self._drop(group)  # subscribing again restarts from the new `since`
+        entry = RoomSub(room, Subscription(group, self.writer, self._behind))
+        self.subs[group] = entry
         try:
             # Join first, then read last_seq: whatever commits after the read is seen.
-            await get_fanout().join(entry.sub)
+            await self.layer.join(entry.sub)
             last_seq = await db(alast_seq(room.pk))
             since = last_seq if command.since is None else min(command.since, last_seq)
             entry.sub.last_sent = since
             await self._send_backfill(entry, last_seq)
         except BaseException:
-            self._drop(room.pk)
+            self._drop(group)
             raise
         await self.send(
             protocol.dumps(
@@ -244,27 +248,28 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
     async def unsubscribe(self, command: Unsubscribe) -> None:
         entry = next((e for e in self.subs.values() if e.room.slug == command.room), None)
         if entry is not None:
-            self._drop(entry.room.pk)
+            self._drop(entry.sub.group)
         await self.send(
             protocol.dumps({"type": "unsubscribed", "ref": command.ref, "room": command.room})
         )
 
-    # User events, from the fan-out: named after the event type, they only send or close.
+    # User events, from the channel layer: named after the event type, they only send or close.
 
-    def on_user_event(self, event: dict[str, Any]) -> None:
+    def on_group_event(self, event: dict[str, Any]) -> None:
         handler = getattr(self, get_handler_name(event), None)
         if handler is not None:
             spawn(handler(event), name=f"user event {event['type']}")
 
     async def room_revoked(self, event: dict[str, Any]) -> None:
         self.rooms.pop(event["room"], None)
-        if event["room_id"] in self.subs:
-            self._drop(event["room_id"])
+        group = room_group(event["room_id"])
+        if group in self.subs:
+            self._drop(group)
             await self.send(
                 protocol.dumps({"type": "unsubscribed", "room": event["room"], "reason": "removed"})
             )
 
-    async def rooms_recheck(self, event: dict[str, Any]) -> None:
+    async def feed_resumed(self, event: dict[str, Any]) -> None:
         """The feed was lost for a while: forget checked rooms, and check private ones again."""
         self.rooms.clear()
         for entry in [e for e in self.subs.values() if e.room.private]:
@@ -301,7 +306,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
 
     def _behind(self, sub: Subscription) -> None:
         """The fan-out stopped writing to `sub` (a hole, or too slow): catch up in a task."""
-        entry = self.subs.get(sub.room_id)
+        entry = self.subs.get(sub.group)
         if entry is None or entry.sub is not sub:
             return
         entry.catch_up = spawn(self._catch_up_or_resync(entry), name="catch up")
@@ -324,7 +329,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
 
     async def _resync(self, entry: RoomSub) -> None:
         """Stop following a room and tell the client to subscribe again with `since`."""
-        self._drop(entry.room.pk)
+        self._drop(entry.sub.group)
         await self.send(
             protocol.dumps(
                 {"type": "resync", "room": entry.room.slug, "last_seq": entry.sub.last_sent}
@@ -379,10 +384,10 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         self.rooms[room.slug] = room
         return room
 
-    def _drop(self, room_id: int) -> None:
-        entry = self.subs.pop(room_id, None)
+    def _drop(self, group: str) -> None:
+        entry = self.subs.pop(group, None)
         if entry is None:
             return
-        get_fanout().leave(entry.sub)
+        self.layer.leave(entry.sub)
         if entry.catch_up is not None and entry.catch_up is not asyncio.current_task():
             entry.catch_up.cancel()

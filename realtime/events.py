@@ -1,27 +1,37 @@
-"""The one place that broadcasts. Only web/actions.py calls these, after commit.
+"""The one place that broadcasts. Only web/actions.py calls these, inside its transaction.
 
-Each event is serialised once here, not once per recipient: sockets get the
-ready frame text as it is. Everything travels through the fan-out
-(realtime/fanout.py): room events to the room's subscribers in every process,
-user events to every socket of that user.
+Each function builds events and hands them to `send_on_commit`, which sends
+them through the channel layer (realtime/layer.py) once the transaction
+commits, like Zulip's send_event_on_commit: nothing is broadcast that a
+rollback takes back. Room events go to the room's group in every process,
+user events to the user's group. A message's frame is serialised once here,
+not once per recipient: sockets get the ready text as it is.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
 
-from realtime import fanout
 from realtime.groups import room_group, user_group
 
 logger = logging.getLogger(__name__)
 
+EPHEMERAL = 0  # the seq of a room event that is not a stored message (realtime/fanout.py)
 
-def send_messages(messages: list[tuple[int, int, dict[str, Any]]]) -> None:
+Event = tuple[str, dict[str, Any]]  # (group, message)
+
+
+def send_messages(messages: Sequence[tuple[int, int, dict[str, Any]]]) -> None:
     """Broadcast stored messages (room id, seq, frame), each room's in seq order."""
-    _publish(
+    send_on_commit(
         *(
             (
                 room_group(room_id),
@@ -43,15 +53,17 @@ def send_typing(room_id: int, room_slug: str, username: str) -> None:
     event = {
         "type": "room.typing",
         "room_id": room_id,
-        "seq": fanout.EPHEMERAL,
+        "seq": EPHEMERAL,
         "text": orjson.dumps(frame).decode(),
     }
-    _publish((room_group(room_id), event))
+    send_on_commit((room_group(room_id), event))
 
 
 def send_room_revoked(user_id: Any, room_id: int, slug: str) -> None:
     """Tell the user's sockets they lost access to a room (`room.revoked`)."""
-    _publish((user_group(user_id), {"type": "room.revoked", "room_id": room_id, "room": slug}))
+    send_on_commit(
+        (user_group(user_id), {"type": "room.revoked", "room_id": room_id, "room": slug})
+    )
 
 
 def send_session_ended(
@@ -59,27 +71,30 @@ def send_session_ended(
 ) -> None:
     """Close the user's sockets of that session, of those tokens, or (neither) all of them."""
     event = {"type": "session.ended", "session_key": session_key, "token_ids": token_ids}
-    _publish((user_group(user_id), event))
+    send_on_commit((user_group(user_id), event))
 
 
 def send_user_changed(user_id: Any) -> None:
     """Ask the user's sockets to check their credentials again (`user.changed`)."""
-    _publish((user_group(user_id), {"type": "user.changed"}))
+    send_on_commit((user_group(user_id), {"type": "user.changed"}))
 
 
-def _publish(*items: tuple[str, dict[str, Any]]) -> None:
-    """Send events, in order, each to its group (all room events in one round trip to Redis)."""
+def send_on_commit(*items: Event) -> None:
+    """Send the events, in order, once the current transaction commits (at once outside one)."""
+    transaction.on_commit(functools.partial(_publish, *items))
+
+
+def _publish(*items: Event) -> None:
+    """Send events, in order, each to its group, in one round trip to Redis."""
+    layer = get_channel_layer()
+    durable = not all(event.get("seq") == EPHEMERAL for _, event in items)
     try:
-        rooms = [
-            (int(group.removeprefix("room.")), event["seq"], event["text"])
-            for group, event in items
-            if group.startswith("room.")
-        ]
-        if rooms:
-            fanout.publish_many(rooms)
-        for group, event in items:
-            if group.startswith("user."):
-                fanout.publish_user(group.removeprefix("user."), event)
+        if hasattr(layer, "send_group_events"):
+            # The project's layer takes a batch from any thread (realtime/layer.py).
+            layer.send_group_events(items, durable=durable)
+        else:
+            for group, event in items:
+                async_to_sync(layer.group_send)(group, event)
     except Exception:
         # What an action committed stays committed; subscribers fill the gap from the
         # database on the next message or after the feed reconnects. A broadcast failure

@@ -1,9 +1,10 @@
-"""The feeds under the fan-out (realtime/fanout.py): how events reach every process.
+"""The transports under the channel layer (realtime/layer.py): how events reach every process.
 
 With REDIS_URL, one Redis pub/sub connection and reader task per process,
-subscribed to the channels of the rooms and users with sockets here, which
-reconnects with backoff and resubscribes after Redis goes away. Without, one
-process hands publishes to its own event loop.
+subscribed to the channels of the groups and channels with members here,
+which reconnects with backoff and resubscribes after Redis goes away; and one
+pooled client publishing from any thread. Without, one process hands
+publishes to its own event loop.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import contextlib
 import contextvars
 import logging
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import redis
+import redis.asyncio
 from django.conf import settings
 from redis.exceptions import RedisError
 
@@ -25,26 +28,33 @@ from realtime.tasks import spawn
 
 logger = logging.getLogger(__name__)
 
-ROOM_PREFIX = "chat:room:"
-USER_PREFIX = "chat:user:"
 KEEPALIVE = "chat:keepalive"
+PUBLISHER_OPTIONS: dict[str, Any] = {
+    "socket_connect_timeout": 2,
+    "socket_timeout": 2,
+    "socket_keepalive": True,
+    # Pooled connections the server closed (idle timeout, restart) are noticed and
+    # reopened instead of failing the next publish.
+    "health_check_interval": 10,
+}
 JOIN_TIMEOUT = 5.0
 
 
 class Sink(Protocol):
-    """What a feed needs of the fan-out it serves."""
+    """What a transport needs of the layer it serves."""
 
-    rooms: dict[int, Any]
-    users: dict[Any, Any]
+    def wanted(self) -> list[str]:
+        """The transport channels this process must be subscribed to now."""
 
     def deliver(self, channel: str, data: bytes) -> None: ...
 
-    def resync_all(self) -> None: ...
+    def feed_lost(self) -> None:
+        """Called after the feed was interrupted and is back: anything may have been lost."""
 
 
-class Backend:
-    def __init__(self, fanout: Sink):
-        self.fanout = fanout
+class Transport:
+    def __init__(self, sink: Sink):
+        self.sink = sink
 
     async def subscribe(self, channel: str) -> None:
         raise NotImplementedError
@@ -57,12 +67,19 @@ class Backend:
         every process even if the transport fails for a while."""
         raise NotImplementedError
 
+    async def apublish(self, *items: tuple[str, bytes], durable: bool = True) -> None:
+        """`publish` from a coroutine, without blocking the event loop."""
+        self.publish(*items, durable=durable)
 
-class LocalBackend(Backend):
+    async def close(self) -> None:
+        """Stop reading and let go of connections (the layer is closing)."""
+
+
+class LocalTransport(Transport):
     """One process, no Redis: publishes are handed to this process's event loop."""
 
-    def __init__(self, fanout: Sink):
-        super().__init__(fanout)
+    def __init__(self, sink: Sink):
+        super().__init__(sink)
         self.loop: asyncio.AbstractEventLoop | None = None
 
     async def subscribe(self, channel: str) -> None:
@@ -87,14 +104,15 @@ class LocalBackend(Backend):
 
     def _deliver(self, items: tuple[tuple[str, bytes], ...]) -> None:
         for channel, data in items:
-            self.fanout.deliver(channel, data)
+            self.sink.deliver(channel, data)
 
 
-class RedisBackend(Backend):
+class RedisTransport(Transport):
     """One Redis pub/sub connection and reader task per process."""
 
-    def __init__(self, fanout: Sink):
-        super().__init__(fanout)
+    def __init__(self, sink: Sink, url: str):
+        super().__init__(sink)
+        self.url = url
         self.pubsub: Any = None
         self.reader: asyncio.Task[None] | None = None
         # channel -> resolved once Redis confirmed the SUBSCRIBE on the current connection
@@ -102,19 +120,19 @@ class RedisBackend(Backend):
         self.lock = asyncio.Lock()
         self._publisher: Any = None
         self._publisher_lock = threading.Lock()
+        # An asyncio client is bound to its event loop: one per loop that publishes.
+        self._async_publishers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self.rebroadcast = Rebroadcast(self.send)
 
     def _wanted(self) -> list[str]:
-        rooms = [ROOM_PREFIX + str(room_id) for room_id in self.fanout.rooms]
-        users = [USER_PREFIX + str(user_id) for user_id in self.fanout.users]
         # A pub/sub connection with no subscription stops being read: keep one always.
-        return [KEEPALIVE, *rooms, *users]
+        return [KEEPALIVE, *self.sink.wanted()]
 
     async def _connect(self) -> None:
         import redis.asyncio as aioredis
 
         client = aioredis.Redis.from_url(
-            str(settings.REDIS_URL),
+            self.url,
             socket_connect_timeout=5,
             socket_timeout=15,
             socket_keepalive=True,
@@ -192,7 +210,7 @@ class RedisBackend(Backend):
                     break
                 except Exception:
                     logger.warning("redis fan-out reconnect failed; retrying", exc_info=True)
-            self.fanout.resync_all()
+            self.sink.feed_lost()
 
     async def _reconnect(self) -> None:
         async with self.lock:
@@ -208,7 +226,7 @@ class RedisBackend(Backend):
         kind = item["type"]
         channel = item["channel"].decode()
         if kind == "message":
-            self.fanout.deliver(channel, item["data"])
+            self.sink.deliver(channel, item["data"])
         elif kind == "subscribe":
             waiter = self.confirmed.get(channel)
             if waiter is not None and not waiter.done():
@@ -234,18 +252,50 @@ class RedisBackend(Backend):
             logger.warning("broadcast failed; retrying it every %ss", settings.REBROADCAST_SECONDS)
             self.rebroadcast.add(items)
 
+    async def apublish(self, *items: tuple[str, bytes], durable: bool = True) -> None:
+        if durable and self.rebroadcast.waiting():
+            self.rebroadcast.add(items)  # behind the ones waiting, as in publish
+            return
+        try:
+            with self._publisher_lock:
+                client = self._async_publishers.get(asyncio.get_running_loop())
+                if client is None:
+                    client = self._async_publishers[asyncio.get_running_loop()] = (
+                        redis.asyncio.Redis.from_url(self.url, **PUBLISHER_OPTIONS)
+                    )
+            async with client.pipeline(transaction=False) as pipe:
+                for channel, data in items:
+                    pipe.publish(channel, data)
+                await pipe.execute()
+        except RedisError:
+            if not durable:
+                raise
+            logger.warning("broadcast failed; retrying it every %ss", settings.REBROADCAST_SECONDS)
+            self.rebroadcast.add(items)
+
+    async def close(self) -> None:
+        if self.reader is not None:
+            self.reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.reader
+            self.reader = None
+        if self.pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self.pubsub.aclose()
+            self.pubsub = None
+        self.confirmed.clear()
+        with self._publisher_lock:
+            if self._publisher is not None:
+                self._publisher.close()
+                self._publisher = None
+            client = self._async_publishers.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
+
     def send(self, items: Sequence[tuple[str, bytes]]) -> None:
         with self._publisher_lock:
             if self._publisher is None:
-                self._publisher = redis.Redis.from_url(
-                    str(settings.REDIS_URL),
-                    socket_connect_timeout=2,
-                    socket_keepalive=True,
-                    socket_timeout=2,
-                    # Pooled connections the server closed (idle timeout, restart) are
-                    # noticed and reopened instead of failing the next publish.
-                    health_check_interval=10,
-                )
+                self._publisher = redis.Redis.from_url(self.url, **PUBLISHER_OPTIONS)
         if len(items) == 1:
             self._publisher.publish(*items[0])
             return

@@ -16,11 +16,11 @@ import asyncio
 import logging
 from typing import Any, Protocol, cast
 
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import DatabaseError
 
 from realtime.deadlines import db
-from realtime.fanout import get_fanout
 from realtime.tasks import spawn
 from web.access import astale_credentials
 
@@ -33,7 +33,7 @@ class Signed(Protocol):
     user: Any
     token_id: int | None
 
-    def on_user_event(self, event: dict[str, Any]) -> None: ...
+    def on_group_event(self, event: dict[str, Any]) -> None: ...
 
 
 _task: asyncio.Task[None] | None = None
@@ -48,7 +48,7 @@ def watch() -> None:
 
 
 async def _run() -> None:
-    while get_fanout().users:
+    while _sockets():
         await asyncio.sleep(settings.AUTH_RECHECK_SECONDS)
         try:
             await recheck_once()
@@ -58,10 +58,7 @@ async def _run() -> None:
 
 async def recheck_once() -> int:
     """Send `user.changed` to the sockets whose credentials changed; how many there were."""
-    # The fan-out's user listeners are ChatConsumers, which carry their credentials.
-    sockets = cast(
-        list[Signed], [socket for listeners in get_fanout().users.values() for socket in listeners]
-    )
+    sockets = _sockets()
     passwords = {s.user.pk: s.user.password for s in sockets}
     token_ids = {s.token_id for s in sockets if s.token_id is not None}
     gone, new_password, revoked = await db(astale_credentials(passwords, token_ids))
@@ -74,6 +71,16 @@ async def recheck_once() -> int:
             # A session ends when the password changes (its auth hash does); a token does not.
             or (token_id is None and user_id in new_password)
         ):
-            socket.on_user_event(USER_CHANGED)
+            socket.on_group_event(USER_CHANGED)
             told += 1
     return told
+
+
+def _sockets() -> list[Signed]:
+    """This process's sockets: the listeners of users' groups (ChatConsumers, which carry
+    their credentials)."""
+    listeners: dict[str, Any] = getattr(get_channel_layer(), "listeners", {})
+    return cast(
+        list[Signed],
+        [s for group, members in listeners.items() if group.startswith("user.") for s in members],
+    )

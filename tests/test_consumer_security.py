@@ -6,10 +6,11 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 from django.test import Client, override_settings
 
-from realtime import fanout
 from realtime.consumers import CLOSE_POLICY, CLOSE_SESSION_ENDED, CLOSE_TOO_SLOW
+from realtime.groups import room_group
 from tests.test_consumers import Socket, connect, token_headers
 from web import actions
 from web.models import ApiToken, Room
@@ -137,7 +138,8 @@ async def test_a_socket_cut_off_as_too_slow_publishes_and_types_nothing_more(
     await slow.send({"type": "subscribe", "ref": "s", "room": "general"})
     await slow.until("subscribed")
     # A hole makes it catch up; with no time allowed for that, it is cut off at once.
-    fanout.publish(general.pk, 2, '{"type":"message","seq":2}')
+    hole = {"type": "chat.message", "seq": 2, "text": '{"type":"message","seq":2}'}
+    await get_channel_layer().group_send(room_group(general.pk), hole)
     assert await slow.comm.receive_output(timeout=3) == {
         "type": "websocket.close",
         "code": CLOSE_TOO_SLOW,

@@ -8,11 +8,13 @@ from typing import Any
 import orjson
 import pytest
 from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from project.asgi import application
-from realtime import events, fanout
+from realtime import events
+from realtime.groups import room_group
 from web import actions
 from web.models import Membership, Message, Room
 
@@ -200,7 +202,7 @@ async def test_broadcasts_overtaking_each_other_arrive_in_order_once(
     await publish(alice, general, 3)
     assert [event["seq"] for event in held] == [1, 2, 3]
     for event in reversed(held):  # seq 3 first, then 2, then 1
-        fanout.publish(event["room_id"], event["seq"], event["text"])
+        await get_channel_layer().group_send(room_group(event["room_id"]), event)
     assert [(await alice_ws.recv())["seq"] for _ in range(3)] == [1, 2, 3]
     assert await alice_ws.nothing()
 
@@ -299,7 +301,7 @@ async def test_after_a_lost_feed_sockets_check_their_rooms_again(
     await bob_ws.until("ack")
     # Removed while the feed was down: the room.revoked event is lost with it.
     await sync_to_async(Membership.objects.filter(room=den, user=bob).delete)()
-    fanout.get_fanout().resync_all()
+    get_channel_layer().feed_lost()
     unsubscribed, _ = await bob_ws.until("unsubscribed")
     assert unsubscribed == {"type": "unsubscribed", "room": "den", "reason": "removed"}
     await bob_ws.send(

@@ -1,12 +1,11 @@
 """Every state change lives here: check_* validates, do_* changes state.
 
-Only these functions emit realtime events, and only after their transaction
-commits (see realtime/events.py).
+Only these functions emit realtime events: realtime/events.py's functions,
+called inside the action's transaction, send once it commits.
 """
 
 from __future__ import annotations
 
-import functools
 import re
 import secrets
 from collections.abc import Sequence
@@ -104,8 +103,7 @@ def do_remove_member(acting: User, room: Room, username: str) -> None:
             raise NotFound(f"{username!r} is not a member of {room.slug!r}")
         if room.private:
             # Open sockets of the removed user stop receiving this room.
-            user_id = user.pk
-            transaction.on_commit(lambda: events.send_room_revoked(user_id, room.pk, room.slug))
+            events.send_room_revoked(user.pk, room.pk, room.slug)
 
 
 @dataclass(frozen=True)
@@ -189,7 +187,7 @@ def do_send_messages(batch: Sequence[Outgoing]) -> list[SentMessage | ApiError]:
             created.append((out.room.pk, message.seq, frame))
     if created:
         created.sort(key=lambda room_seq_frame: room_seq_frame[:2])
-        transaction.on_commit(lambda: events.send_messages(created))
+        events.send_messages(created)
     return [r for r in results if r is not None]
 
 
@@ -282,9 +280,7 @@ def do_revoke_tokens(tokens: QuerySet[ApiToken]) -> int:
         for pk, user_id in live:
             by_user.setdefault(user_id, []).append(pk)
         for user_id, token_ids in by_user.items():
-            transaction.on_commit(
-                functools.partial(events.send_session_ended, user_id, token_ids=token_ids)
-            )
+            events.send_session_ended(user_id, token_ids=token_ids)
     return len(live)
 
 
@@ -309,12 +305,12 @@ def do_check_user_sockets(user: User) -> None:
     if not user.is_active:
         do_end_user_sockets(user.pk)
         return
-    transaction.on_commit(functools.partial(events.send_user_changed, user.pk))
+    events.send_user_changed(user.pk)
 
 
 def do_end_user_sockets(user_id: Any) -> None:
     """Close every socket of the user (deactivated, or deleted), after commit."""
-    transaction.on_commit(functools.partial(events.send_session_ended, user_id))
+    events.send_session_ended(user_id)
 
 
 def do_add_totp_device(username: str, name: str) -> Any:
