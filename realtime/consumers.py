@@ -1,18 +1,13 @@
 """The /ws/ consumer: authenticate, parse, call an action or a read helper, send frames.
 
-Resume guarantee: a subscription joins the room's group through the channel
-layer's fan-out (realtime/layer.py) *before* it reads the room's last_seq, so nothing
-published after that read can be missed. Each subscription tracks the last seq
-it sent: the fan-out writes only the next seq to an in-sync socket; anything
-else (a backfill in progress, a hole, a socket too slow to keep up) is caught
-up here from the database, in order, before the socket goes live again.
+Subscriptions follow their room through realtime/catchup.py (the resume
+guarantee lives there); events of the socket's user arrive through the channel
+layer's `listen` and are handled by the method named after their type.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -26,13 +21,13 @@ from redis.exceptions import RedisError
 
 from realtime import limits, protocol, publisher, recheck
 from realtime.auth import still_signed_in
+from realtime.catchup import RoomStream, Stream
 from realtime.deadlines import db, sweep_connections
-from realtime.fanout import Subscription
 from realtime.groups import room_group, user_group
 from realtime.protocol import Command, Ping, Publish, Subscribe, Typing, Unsubscribe
 from realtime.tasks import spawn
 from realtime.wire import writer_for
-from web.access import aget_room_for_user, alast_seq, amessages_after
+from web.access import aget_room_for_user
 from web.actions import Outgoing, do_typing
 from web.errors import ApiError, Forbidden, NotFound, RateLimited
 from web.models import Room
@@ -47,13 +42,6 @@ ROOMS_REMEMBERED = 256  # access-checked rooms a socket keeps (only those it use
 
 # Not a database call: a blocking Redis PUBLISH, so off the event loop.
 send_typing = sync_to_async(do_typing, thread_sensitive=False)
-
-
-@dataclass(slots=True, eq=False)
-class RoomSub:
-    room: Room
-    sub: Subscription
-    catch_up: asyncio.Task[None] | None = field(default=None)
 
 
 class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is untyped
@@ -82,7 +70,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
     async def connect(self) -> None:
         """Called when a WebSocket connection is opened: authenticate, then accept."""
         user = self.scope.get("user")
-        self.subs: dict[str, RoomSub] = {}  # by group
+        self.subs: dict[str, RoomStream] = {}  # by group
         # Rooms this socket was let into, by slug: publishing is not a query per message.
         self.rooms: dict[str, Room] = {}
         self.counted = False
@@ -221,15 +209,9 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         room = self._remember(await db(aget_room_for_user(self.user, command.room)))
         group = room_group(room.pk)
         self._drop(group)  # subscribing again restarts from the new `since`
-        entry = RoomSub(room, Subscription(group, self.writer, self._behind))
-        self.subs[group] = entry
+        stream = self.subs[group] = RoomStream(self, room)
         try:
-            # Join first, then read last_seq: whatever commits after the read is seen.
-            await self.layer.join(entry.sub)
-            last_seq = await db(alast_seq(room.pk))
-            since = last_seq if command.since is None else min(command.since, last_seq)
-            entry.sub.last_sent = since
-            await self._send_backfill(entry, last_seq)
+            last_seq = await stream.start(command.since)
         except BaseException:
             self._drop(group)
             raise
@@ -238,7 +220,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
                 {"type": "subscribed", "ref": command.ref, "room": room.slug, "last_seq": last_seq}
             )
         )
-        await self._catch_up(entry, check_database=False)
+        await stream.go_live()
 
     async def typing(self, command: Typing) -> None:
         if not await self.limits.allow_typing():
@@ -246,9 +228,9 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         await send_typing(self.user, await self._room(command.room))
 
     async def unsubscribe(self, command: Unsubscribe) -> None:
-        entry = next((e for e in self.subs.values() if e.room.slug == command.room), None)
-        if entry is not None:
-            self._drop(entry.sub.group)
+        stream = next((e for e in self.subs.values() if e.room.slug == command.room), None)
+        if stream is not None:
+            self._drop(stream.sub.group)
         await self.send(
             protocol.dumps({"type": "unsubscribed", "ref": command.ref, "room": command.room})
         )
@@ -272,14 +254,14 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
     async def feed_resumed(self, event: dict[str, Any]) -> None:
         """The feed was lost for a while: forget checked rooms, and check private ones again."""
         self.rooms.clear()
-        for entry in [e for e in self.subs.values() if e.room.private]:
+        for stream in [e for e in self.subs.values() if e.room.private]:
             try:
-                await db(aget_room_for_user(self.user, entry.room.slug))
+                await db(aget_room_for_user(self.user, stream.room.slug))
             except (Forbidden, NotFound):
-                await self.room_revoked({"room_id": entry.room.pk, "room": entry.room.slug})
+                await self.room_revoked({"room_id": stream.room.pk, "room": stream.room.slug})
             except DatabaseError:
                 # Cannot tell now: stop sending it; the client resubscribes (access checked).
-                await self._resync(entry)
+                await self.resync(stream)
 
     async def session_ended(self, event: dict[str, Any]) -> None:
         session_key, token_ids = event.get("session_key"), event.get("token_ids")
@@ -302,72 +284,22 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         if not signed_in and not self.closed:
             await self.close(code=CLOSE_SESSION_ENDED)
 
-    # Catching up.
+    # What a stream (realtime/catchup.py) asks of its socket.
 
-    def _behind(self, sub: Subscription) -> None:
-        """The fan-out stopped writing to `sub` (a hole, or too slow): catch up in a task."""
-        entry = self.subs.get(sub.group)
-        if entry is None or entry.sub is not sub:
-            return
-        entry.catch_up = spawn(self._catch_up_or_resync(entry), name="catch up")
+    async def too_slow(self, stream: Stream) -> None:
+        self.closed = True  # nothing it sends in the close grace period counts
+        self._release()
+        if not self.writer.close_now(CLOSE_TOO_SLOW, "too slow; resume with since"):
+            await self.close(code=CLOSE_TOO_SLOW)
 
-    async def _catch_up_or_resync(self, entry: RoomSub) -> None:
-        try:
-            async with asyncio.timeout(settings.SLOW_CLIENT_SECONDS):
-                await self._catch_up(entry, check_database=True)
-        except TimeoutError:
-            # Its buffer stayed full: close it rather than fall ever further behind. The
-            # client reconnects and resumes with `since`, losing nothing.
-            logger.info("closing a socket too slow to keep up with %s", entry.room.slug)
-            self.closed = True  # nothing it sends in the close grace period counts
-            self._release()
-            if not self.writer.close_now(CLOSE_TOO_SLOW, "too slow; resume with since"):
-                await self.close(code=CLOSE_TOO_SLOW)
-        except DatabaseError:
-            logger.warning("cannot catch up %s; asking the client to resync", entry.room.slug)
-            await self._resync(entry)
-
-    async def _resync(self, entry: RoomSub) -> None:
+    async def resync(self, stream: Stream) -> None:
         """Stop following a room and tell the client to subscribe again with `since`."""
-        self._drop(entry.sub.group)
+        self._drop(stream.sub.group)
         await self.send(
             protocol.dumps(
-                {"type": "resync", "room": entry.room.slug, "last_seq": entry.sub.last_sent}
+                {"type": "resync", "room": stream.name, "last_seq": stream.sub.last_sent}
             )
         )
-
-    async def _catch_up(self, entry: RoomSub, *, check_database: bool) -> None:
-        """Send from the database what the fan-out did not, then go live."""
-        sub = entry.sub
-        if check_database:
-            # After a lost feed nothing says how far behind we are; the database does.
-            sub.max_seen = max(sub.max_seen, await db(alast_seq(entry.room.pk)))
-        while True:
-            if sub.recheck:
-                sub.recheck = False
-                sub.max_seen = max(sub.max_seen, await db(alast_seq(entry.room.pk)))
-            if sub.max_seen <= sub.last_sent and not sub.recheck:
-                break
-            before = sub.last_sent
-            await self._send_backfill(entry, sub.max_seen)
-            if sub.last_sent == before and sub.max_seen > sub.last_sent:
-                raise DatabaseError(f"seq {before + 1} is missing from the database")
-        # No await between the check and this line: nothing can slip past.
-        sub.live = True
-
-    async def _send_backfill(self, entry: RoomSub, up_to: int) -> None:
-        """Send the messages after sub.last_sent up to seq `up_to`, in order."""
-        sub = entry.sub
-        while sub.last_sent < up_to:
-            limit = min(settings.BACKFILL_BATCH, up_to - sub.last_sent)
-            frames = await db(amessages_after(entry.room, sub.last_sent, limit))
-            if not frames:
-                break
-            for frame in frames:
-                # An ASGI send waits while the socket's buffer is full: a slow reader
-                # paces its own catch-up, and nothing piles up in memory.
-                await self.send(protocol.dumps(frame))
-                sub.last_sent = frame["seq"]
 
     # Helpers.
 
@@ -385,9 +317,6 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         return room
 
     def _drop(self, group: str) -> None:
-        entry = self.subs.pop(group, None)
-        if entry is None:
-            return
-        self.layer.leave(entry.sub)
-        if entry.catch_up is not None and entry.catch_up is not asyncio.current_task():
-            entry.catch_up.cancel()
+        stream = self.subs.pop(group, None)
+        if stream is not None:
+            stream.stop()
