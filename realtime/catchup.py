@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from django.conf import settings
 from django.db import DatabaseError
@@ -26,7 +26,9 @@ from realtime.groups import room_group
 from realtime.tasks import spawn
 from realtime.wire import Writer
 from web.access import alast_seq, amessages_after
-from web.models import Room
+
+if TYPE_CHECKING:  # for hints only: sockets reach models through access helpers and actions
+    from web.models import Room
 
 logger = logging.getLogger(__name__)
 

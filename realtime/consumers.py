@@ -8,7 +8,7 @@ layer's `listen` and are handled by the method named after their type.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
 from channels.consumer import get_handler_name
@@ -30,7 +30,9 @@ from realtime.wire import writer_for
 from web.access import aget_room_for_user
 from web.actions import Outgoing, do_typing
 from web.errors import ApiError, Forbidden, NotFound, RateLimited
-from web.models import Room
+
+if TYPE_CHECKING:  # for hints only: sockets reach models through access helpers and actions
+    from web.models import Room
 
 logger = logging.getLogger(__name__)
 
