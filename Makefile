@@ -34,6 +34,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
+	$(BIN)/lint-imports  # the layers of docs/architecture.md, as [tool.importlinter] contracts
 
 # Security audit: insecure code patterns (bandit; its skips and why are in pyproject.toml), then
 # known-vulnerable installed packages (pip-audit). The development and CI machines reach no
