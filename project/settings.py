@@ -232,3 +232,26 @@ AUTH_RECHECK_SECONDS = env.float("AUTH_RECHECK_SECONDS", default=30.0)
 # is; at most REBROADCAST_MAX wait (older ones are then left to the database catch-up).
 REBROADCAST_SECONDS = env.float("REBROADCAST_SECONDS", default=0.5)
 REBROADCAST_MAX = env.int("REBROADCAST_MAX", default=10_000)
+
+# Redis clients (realtime/redis_clients.py): how long each kind of call may wait.
+REDIS_CONNECT_TIMEOUT_SECONDS = env.float("REDIS_CONNECT_TIMEOUT_SECONDS", default=5.0)
+# The pub/sub connection's reads; a quiet connection is PINGed every REDIS_HEALTH_CHECK_SECONDS.
+REDIS_FEED_TIMEOUT_SECONDS = env.float("REDIS_FEED_TIMEOUT_SECONDS", default=15.0)
+REDIS_HEALTH_CHECK_SECONDS = env.int("REDIS_HEALTH_CHECK_SECONDS", default=10)
+# A PUBLISH (then the broadcast is retried every REBROADCAST_SECONDS).
+REDIS_PUBLISH_TIMEOUT_SECONDS = env.float("REDIS_PUBLISH_TIMEOUT_SECONDS", default=2.0)
+# A socket joining a group waits this long for Redis to confirm the subscription.
+FEED_JOIN_TIMEOUT_SECONDS = env.float("FEED_JOIN_TIMEOUT_SECONDS", default=5.0)
+# After the feed is lost, reconnect attempts back off up to this.
+FEED_RECONNECT_MAX_SECONDS = env.float("FEED_RECONNECT_MAX_SECONDS", default=5.0)
+# Broadcasts that overtook each other are held this long (at most this many per room) for the
+# ones before them, so each process restores seq order once instead of each socket catching up.
+FANOUT_REORDER_SECONDS = env.float("FANOUT_REORDER_SECONDS", default=0.05)
+FANOUT_REORDER_MAX = env.int("FANOUT_REORDER_MAX", default=1000)
+# A socket with more than this queued for it is too slow (it catches up from the database, and
+# is closed with 4002 after SLOW_CLIENT_SECONDS); the close frame's grace period after that.
+SLOW_CLIENT_BUFFER_BYTES = env.int("SLOW_CLIENT_BUFFER_BYTES", default=512 * 1024)
+SLOW_CLIENT_PENDING_SENDS = env.int("SLOW_CLIENT_PENDING_SENDS", default=256)
+CLOSE_GRACE_SECONDS = env.float("CLOSE_GRACE_SECONDS", default=5.0)
+# Rooms a socket remembers it was let into (those it used), so publishing is not a query each.
+SOCKET_ROOMS_REMEMBERED = env.int("SOCKET_ROOMS_REMEMBERED", default=256)

@@ -38,10 +38,10 @@ from django.conf import settings
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.aio.storage import RedisStorage as LimitsRedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
+
+from realtime import redis_clients
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,6 @@ T = TypeVar("T")
 
 CONNS_PREFIX = "chat:conns:"
 LIMITS_PREFIX = "chat:limits"
-POOL_SIZE = 8  # the most Redis connections the limits of one process use
 REFRESH_BATCH = 500  # commands per pipelined round trip of a refresh
 MAX_ORPHANS = 10_000  # removals kept for retry; past that, they expire with their TTL
 WARN_EVERY = 60.0  # seconds between two warnings that Redis failed
@@ -102,18 +101,7 @@ class ClusterLimits:
     def __init__(self) -> None:
         timeout: float = settings.LIMITS_REDIS_TIMEOUT
         self.timeout = timeout
-        self.pool = BlockingConnectionPool.from_url(
-            str(settings.REDIS_URL),
-            max_connections=POOL_SIZE,
-            timeout=timeout,  # waiting for a free connection counts as Redis being slow
-            socket_connect_timeout=timeout,
-            socket_timeout=timeout,
-            socket_keepalive=True,
-            health_check_interval=10,
-            # redis-py 8 retries 10 times with backoff by default; once, at once, is enough to
-            # replace a pooled connection the server closed (a restart, an idle timeout).
-            retry=Retry(NoBackoff(), 1),
-        )
+        self.pool = redis_clients.limits_pool(str(settings.REDIS_URL))
         self.redis = Redis(connection_pool=self.pool)
         self.seat_script = self.redis.register_script(SEAT)
         self.touch_script = self.redis.register_script(TOUCH)

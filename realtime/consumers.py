@@ -40,7 +40,6 @@ CLOSE_POLICY = 1008  # flooding, or too many connections
 CLOSE_TOO_LARGE = 1009
 CLOSE_SESSION_ENDED = 4001  # logged out, deactivated, or the token was revoked
 CLOSE_TOO_SLOW = 4002  # could not keep up; reconnect and resume with `since`
-ROOMS_REMEMBERED = 256  # access-checked rooms a socket keeps (only those it used)
 
 # Not a database call: a blocking Redis PUBLISH, so off the event loop.
 send_typing = sync_to_async(do_typing, thread_sensitive=False)
@@ -313,7 +312,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         return room
 
     def _remember(self, room: Room) -> Room:
-        if room.slug not in self.rooms and len(self.rooms) >= ROOMS_REMEMBERED:
+        if room.slug not in self.rooms and len(self.rooms) >= settings.SOCKET_ROOMS_REMEMBERED:
             del self.rooms[next(iter(self.rooms))]
         self.rooms[room.slug] = room
         return room

@@ -19,14 +19,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from django.conf import settings
+
 from realtime.wire import Writer, text_frame
 
 EPHEMERAL = 0  # the seq of events that are not stored messages (typing)
 # Publishes commit in seq order, but their broadcasts leave from different threads and
 # processes and can overtake each other. A room's feed holds an early seq this long for the
-# ones before it, so sockets see order restored once per process, not a hole each.
-REORDER_WAIT = 0.05
-REORDER_MAX_HELD = 1000
+# ones before it, so sockets see order restored once per process, not a hole each. Read once:
+# the hot path does not look settings up per message.
+REORDER_WAIT: float = settings.FANOUT_REORDER_SECONDS
+REORDER_MAX_HELD: int = settings.FANOUT_REORDER_MAX
 
 
 class Subscription:

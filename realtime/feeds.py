@@ -19,25 +19,15 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-import redis
-import redis.asyncio
 from django.conf import settings
 from redis.exceptions import RedisError
 
+from realtime import redis_clients
 from realtime.tasks import spawn
 
 logger = logging.getLogger(__name__)
 
 KEEPALIVE = "chat:keepalive"
-PUBLISHER_OPTIONS: dict[str, Any] = {
-    "socket_connect_timeout": 2,
-    "socket_timeout": 2,
-    "socket_keepalive": True,
-    # Pooled connections the server closed (idle timeout, restart) are noticed and
-    # reopened instead of failing the next publish.
-    "health_check_interval": 10,
-}
-JOIN_TIMEOUT = 5.0
 
 
 class Sink(Protocol):
@@ -129,17 +119,7 @@ class RedisTransport(Transport):
         return [KEEPALIVE, *self.sink.wanted()]
 
     async def _connect(self) -> None:
-        import redis.asyncio as aioredis
-
-        client = aioredis.Redis.from_url(
-            self.url,
-            socket_connect_timeout=5,
-            socket_timeout=15,
-            socket_keepalive=True,
-            # A PING when the feed has been quiet this long: a dead server shows up.
-            health_check_interval=10,
-        )
-        self.pubsub = client.pubsub()
+        self.pubsub = redis_clients.feed_client(self.url).pubsub()
         loop = asyncio.get_running_loop()
         channels = self._wanted()
         for channel in channels:
@@ -165,8 +145,8 @@ class RedisTransport(Transport):
                     raise
         # Redis confirms a SUBSCRIBE in order on the same connection: after this, every
         # later PUBLISH to the channel reaches the reader. During a reconnect this waits
-        # for the new connection's confirmation, up to JOIN_TIMEOUT.
-        await asyncio.wait_for(asyncio.shield(waiter), timeout=JOIN_TIMEOUT)
+        # for the new connection's confirmation, up to FEED_JOIN_TIMEOUT_SECONDS.
+        await asyncio.wait_for(asyncio.shield(waiter), timeout=settings.FEED_JOIN_TIMEOUT_SECONDS)
 
     def unsubscribe(self, channel: str) -> None:
         spawn(self._unsubscribe(channel), name="redis fan-out unsubscribe")
@@ -204,7 +184,7 @@ class RedisTransport(Transport):
             # Reconnect and resubscribe everything, then let every socket fill what it missed.
             while True:
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, settings.FEED_RECONNECT_MAX_SECONDS)
                 try:
                     await self._reconnect()
                     break
@@ -261,7 +241,7 @@ class RedisTransport(Transport):
                 client = self._async_publishers.get(asyncio.get_running_loop())
                 if client is None:
                     client = self._async_publishers[asyncio.get_running_loop()] = (
-                        redis.asyncio.Redis.from_url(self.url, **PUBLISHER_OPTIONS)
+                        redis_clients.async_publisher(self.url)
                     )
             async with client.pipeline(transaction=False) as pipe:
                 for channel, data in items:
@@ -295,7 +275,7 @@ class RedisTransport(Transport):
     def send(self, items: Sequence[tuple[str, bytes]]) -> None:
         with self._publisher_lock:
             if self._publisher is None:
-                self._publisher = redis.Redis.from_url(self.url, **PUBLISHER_OPTIONS)
+                self._publisher = redis_clients.publisher(self.url)
         if len(items) == 1:
             self._publisher.publish(*items[0])
             return

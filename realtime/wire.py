@@ -15,13 +15,14 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from django.conf import settings
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
-# Past this many bytes queued for one socket it is too slow to keep up.
-SLOW_BUFFER_BYTES = 512 * 1024
-SLOW_PENDING_SENDS = 256
-CLOSE_GRACE_SECONDS = 5.0
+# Past this much queued for one socket it is too slow to keep up. Read once: write() is the
+# hot path, once per message and socket.
+SLOW_BUFFER_BYTES: int = settings.SLOW_CLIENT_BUFFER_BYTES
+SLOW_PENDING_SENDS: int = settings.SLOW_CLIENT_PENDING_SENDS
 
 
 def text_frame(text: str) -> bytes:
@@ -38,7 +39,7 @@ class Writer(Protocol):
 
     def close_now(self, code: int, reason: str) -> bool:
         """Queue a close frame behind what is buffered, and drop the connection if the
-        client has not read up to it within CLOSE_GRACE_SECONDS. False if it cannot."""
+        client has not read up to it within settings.CLOSE_GRACE_SECONDS. False if it cannot."""
 
 
 class DirectWriter:
@@ -91,7 +92,7 @@ class DirectWriter:
         proto.conn.send_close(code, reason)
         proto.transport.write(b"".join(proto.conn.data_to_send()))
         proto.close_sent = True
-        asyncio.get_running_loop().call_later(CLOSE_GRACE_SECONDS, proto.transport.abort)
+        asyncio.get_running_loop().call_later(settings.CLOSE_GRACE_SECONDS, proto.transport.abort)
         return True
 
 
