@@ -1,42 +1,51 @@
 """Flood control for websocket clients: limits per connection and per user.
 
-Per connection (publishes, typing notices, strikes): token buckets in this process.
-Per user (the connection cap, the publish and typing budgets): with REDIS_URL,
-one cap and one budget for the whole cluster, kept in Redis
-(realtime/cluster_limits.py). Without REDIS_URL, and while Redis does not answer,
-they are this process's own: with K processes a user then gets up to K times
-the per-user budget and cap. Each connection is held to its own limits always.
+Every budget is a (rate, burst) pair counted by the `limits` package as a window of `burst`
+per ceil(burst / rate) seconds (`cluster_limits.window`).
+
+Per connection (publishes, typing notices, strikes): sliding-window counters in this
+process's memory. Per user (the connection cap, the publish and typing budgets): with
+REDIS_URL, one cap and one budget for the whole cluster, kept in Redis
+(realtime/cluster_limits.py). Without REDIS_URL, and while Redis does not answer, they are
+this process's own, counted like the connection's: with K processes a user then gets up to
+K times the per-user budget and cap. Each connection is held to its own limits always.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 from django.conf import settings
 
-from realtime.cluster_limits import get_cluster_limits
+# The `limits` package from PyPI, not this module.
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+
+from realtime.cluster_limits import get_cluster_limits, window
 
 
-@dataclass(slots=True)
-class TokenBucket:
-    rate: float  # tokens added per second
-    burst: float  # the most it holds
-    tokens: float = field(default=-1.0)
-    stamp: float = field(default_factory=time.monotonic)
+class Counters:
+    """Sliding-window counters of one connection or one user, made on first use.
 
-    def __post_init__(self) -> None:
-        if self.tokens < 0:
-            self.tokens = self.burst
+    The sliding-window counter keeps two integers per key where a moving window keeps one
+    timestamp per hit (a 100,000 burst in load tests). Each owner has its own storage
+    because after every hit the package sweeps all the keys of the storage for expired
+    ones: here a handful, and they go with their owner, so nothing needs clearing. The
+    async storage because the sync one sweeps from a new thread, racing with the event
+    loop (a KeyError there: flask-limiter#130).
+    """
 
-    def take(self, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
+    __slots__ = ("limiter",)
+
+    def __init__(self) -> None:
+        # A connection that never publishes nor types costs no storage.
+        self.limiter: SlidingWindowCounterRateLimiter | None = None
+
+    async def hit(self, kind: str, rate: float, burst: float) -> bool:
+        """Take one from the budget: whether it was there."""
+        if self.limiter is None:
+            self.limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
+        return await self.limiter.hit(window(rate, burst), kind)
 
 
 @dataclass(slots=True)
@@ -45,31 +54,22 @@ class UserState:
 
     user_id: object
     connections: int = 0
-    # This process's own buckets: used without REDIS_URL, and while Redis does not answer.
-    publish: TokenBucket = field(
-        default_factory=lambda: TokenBucket(settings.USER_PUBLISH_RATE, settings.USER_PUBLISH_BURST)
-    )
-    typing: TokenBucket = field(
-        default_factory=lambda: TokenBucket(settings.TYPING_RATE * 2, settings.TYPING_BURST * 2)
-    )
+    # This process's own budgets: used without REDIS_URL, and while Redis does not answer.
+    own: Counters = field(default_factory=Counters)
 
     async def allow_publish(self) -> bool:
-        shared = get_cluster_limits()
-        if shared is not None:
-            rate, burst = settings.USER_PUBLISH_RATE, settings.USER_PUBLISH_BURST
-            allowed = await shared.hit("publish", self.user_id, rate, burst)
-            if allowed is not None:
-                return allowed
-        return self.publish.take()
+        return await self._allow("publish", settings.USER_PUBLISH_RATE, settings.USER_PUBLISH_BURST)
 
     async def allow_typing(self) -> bool:
+        return await self._allow("typing", settings.TYPING_RATE * 2, settings.TYPING_BURST * 2)
+
+    async def _allow(self, kind: str, rate: float, burst: float) -> bool:
         shared = get_cluster_limits()
         if shared is not None:
-            rate, burst = settings.TYPING_RATE * 2, settings.TYPING_BURST * 2
-            allowed = await shared.hit("typing", self.user_id, rate, burst)
+            allowed = await shared.hit(kind, self.user_id, rate, burst)
             if allowed is not None:
                 return allowed
-        return self.typing.take()
+        return await self.own.hit(kind, rate, burst)
 
 
 _users: dict[object, UserState] = {}
@@ -118,25 +118,32 @@ def _uncount(user_id: object, state: UserState) -> None:
 
 @dataclass(slots=True)
 class ConnectionLimits:
-    """One connection's buckets, and its strikes: refusals that close it when they pile up."""
+    """One connection's budgets, and its strikes: refusals that close it when they pile up."""
 
     user: UserState
-    publish: TokenBucket = field(
-        default_factory=lambda: TokenBucket(settings.PUBLISH_RATE, settings.PUBLISH_BURST)
-    )
-    typing: TokenBucket = field(
-        default_factory=lambda: TokenBucket(settings.TYPING_RATE, settings.TYPING_BURST)
-    )
-    strikes: TokenBucket = field(
-        default_factory=lambda: TokenBucket(settings.RATE_STRIKES_PER_SECOND, settings.RATE_STRIKES)
-    )
+    own: Counters = field(default_factory=Counters)
+    struck_out: bool = False
 
     async def allow_publish(self) -> bool:
-        return self.publish.take() and await self.user.allow_publish()
+        rate, burst = settings.PUBLISH_RATE, settings.PUBLISH_BURST
+        if await self.own.hit("publish", rate, burst) and await self.user.allow_publish():
+            return True
+        await self._strike()
+        return False
 
     async def allow_typing(self) -> bool:
-        return self.typing.take() and await self.user.allow_typing()
+        rate, burst = settings.TYPING_RATE, settings.TYPING_BURST
+        if await self.own.hit("typing", rate, burst) and await self.user.allow_typing():
+            return True
+        await self._strike()
+        return False
+
+    async def _strike(self) -> None:
+        # Every refusal is a strike, taken here where the package's counters can be
+        # awaited; the consumer then asks strike(), which is sync, for the verdict.
+        rate, burst = settings.RATE_STRIKES_PER_SECOND, settings.RATE_STRIKES
+        self.struck_out = not await self.own.hit("strikes", rate, burst)
 
     def strike(self) -> bool:
-        """Record one refusal; False when the client kept going and must be closed."""
-        return self.strikes.take()
+        """After a refusal: False when the client kept going and must be closed."""
+        return not self.struck_out
