@@ -13,11 +13,14 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
 from realtime.auth import WebsocketAuthMiddleware  # noqa: E402
+from realtime.process import lifespan  # noqa: E402
 from realtime.routing import websocket_app  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
         "websocket": WebsocketAuthMiddleware(websocket_app),
+        # Shutdown closes what the process keeps (realtime/process.py).
+        "lifespan": lifespan,
     }
 )

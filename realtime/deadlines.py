@@ -16,6 +16,7 @@ from channels.db import aclose_old_connections
 from django.conf import settings
 from django.db import DatabaseError
 
+from realtime.process import get_process
 from realtime.tasks import spawn
 
 T = TypeVar("T")
@@ -33,15 +34,12 @@ async def db(call: Awaitable[T]) -> T:
         raise DatabaseTimeout("the database did not answer in time") from None
 
 
-_sweep: asyncio.Task[None] | None = None
-
-
 def sweep_connections() -> None:
     """Drop broken database connections, so the next call reconnects once the database is
     back. In the background, one at a time: with the database hung, it may not return soon."""
-    global _sweep
-    if _sweep is None or _sweep.done():
-        _sweep = spawn(_bounded_sweep(), name="database connection sweep")
+    process = get_process()
+    if process.sweep is None or process.sweep.done():
+        process.sweep = spawn(_bounded_sweep(), name="database connection sweep")
 
 
 async def _bounded_sweep() -> None:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from realtime.process import get_process
 from realtime.tasks import spawn
 from web.actions import Outgoing, SentMessage, do_send_messages
 from web.errors import ApiError
@@ -26,83 +27,88 @@ send_messages = database_sync_to_async(do_send_messages, thread_sensitive=False)
 
 Waiting = tuple[Outgoing, asyncio.Future[SentMessage]]
 
-# room id -> publishes waiting for it, in arrival order (rooms in order of first arrival)
-_waiting: dict[int, list[Waiting]] = {}
-_busy: set[int] = set()  # rooms in a transaction now
-_in_flight = 0
-_start_scheduled: asyncio.AbstractEventLoop | None = None  # a start is due in this loop
+
+class Publisher:
+    """This process's publishes: waiting for a transaction, or in one."""
+
+    def __init__(self) -> None:
+        # room id -> publishes waiting for it, in arrival order (rooms in order of first arrival)
+        self.waiting: dict[int, list[Waiting]] = {}
+        self.busy: set[int] = set()  # rooms in a transaction now
+        self.in_flight = 0
+        self.start_scheduled: asyncio.AbstractEventLoop | None = None  # a start is due there
+
+    async def publish(self, outgoing: Outgoing) -> SentMessage:
+        """Store one publish (with the others waiting) and return its result."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[SentMessage] = loop.create_future()
+        queue = self.waiting.setdefault(outgoing.room.pk, [])
+        if len(queue) >= settings.PUBLISH_BATCH_MAX:
+            # The database is slow or stuck: drop what nobody waits for any more (their
+            # clients got `unavailable` and will retry with the same client_msg_id).
+            queue[:] = [(o, f) for o, f in queue if not f.done()]
+        queue.append((outgoing, future))
+        if self.start_scheduled is not loop:
+            # Later in this turn of the loop: publishes read in the same turn go together.
+            self.start_scheduled = loop
+            loop.call_soon(self._start_batches)
+        return await future
+
+    def _start_batches(self) -> None:
+        self.start_scheduled = None
+        while self.in_flight < settings.PUBLISH_IN_FLIGHT:
+            batch = list(self._take_batch())
+            if not batch:
+                return
+            self.in_flight += 1
+            rooms = {o.room.pk for o, _ in batch}
+            self.busy.update(rooms)
+            # Its own task: the publisher whose arrival started it does not own the batch.
+            spawn(self._store(batch, rooms), name="publish batch")
+
+    def _take_batch(self) -> Iterator[Waiting]:
+        """Up to PUBLISH_BATCH_MAX waiting publishes, whole rooms at a time, none of a busy
+        room."""
+        room_left = settings.PUBLISH_BATCH_MAX
+        for room_id in list(self.waiting):
+            if room_id in self.busy:
+                continue
+            queue = self.waiting[room_id]
+            live = [(o, f) for o, f in queue[:room_left] if not f.done()]
+            del queue[:room_left]
+            if not queue:
+                del self.waiting[room_id]
+            yield from live
+            room_left -= len(live)
+            if room_left <= 0:
+                return
+
+    async def _store(self, batch: list[Waiting], rooms: set[int]) -> None:
+        try:
+            # Looked up here, not bound at import: tests wrap it to watch the batches.
+            results = await send_messages([o for o, _ in batch])
+        except Exception as error:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+        else:
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, ApiError):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+        finally:
+            self.in_flight -= 1
+            self.busy.difference_update(rooms)
+            # After a cancel (the loop shutting down) nobody may hang.
+            for _, future in batch:
+                if not future.done():
+                    future.cancel()
+            self._start_batches()
 
 
 async def publish(outgoing: Outgoing) -> SentMessage:
-    """Store one publish (with the others waiting) and return its result."""
-    global _start_scheduled
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[SentMessage] = loop.create_future()
-    queue = _waiting.setdefault(outgoing.room.pk, [])
-    if len(queue) >= settings.PUBLISH_BATCH_MAX:
-        # The database is slow or stuck: drop what nobody waits for any more (their
-        # clients got `unavailable` and will retry with the same client_msg_id).
-        queue[:] = [(o, f) for o, f in queue if not f.done()]
-    queue.append((outgoing, future))
-    if _start_scheduled is not loop:
-        # Later in this turn of the loop: publishes read in the same turn go together.
-        _start_scheduled = loop
-        loop.call_soon(_start_batches)
-    return await future
-
-
-def _start_batches() -> None:
-    global _in_flight, _start_scheduled
-    _start_scheduled = None
-    while _in_flight < settings.PUBLISH_IN_FLIGHT:
-        batch = list(_take_batch())
-        if not batch:
-            return
-        _in_flight += 1
-        rooms = {o.room.pk for o, _ in batch}
-        _busy.update(rooms)
-        # Its own task: the publisher whose arrival started it does not own the batch.
-        spawn(_store(batch, rooms), name="publish batch")
-
-
-def _take_batch() -> Iterator[Waiting]:
-    """Up to PUBLISH_BATCH_MAX waiting publishes, whole rooms at a time, none of a busy room."""
-    room_left = settings.PUBLISH_BATCH_MAX
-    for room_id in list(_waiting):
-        if room_id in _busy:
-            continue
-        queue = _waiting[room_id]
-        live = [(o, f) for o, f in queue[:room_left] if not f.done()]
-        del queue[:room_left]
-        if not queue:
-            del _waiting[room_id]
-        yield from live
-        room_left -= len(live)
-        if room_left <= 0:
-            return
-
-
-async def _store(batch: list[Waiting], rooms: set[int]) -> None:
-    global _in_flight
-    try:
-        results = await send_messages([o for o, _ in batch])
-    except Exception as error:
-        for _, future in batch:
-            if not future.done():
-                future.set_exception(error)
-    else:
-        for (_, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, ApiError):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
-    finally:
-        _in_flight -= 1
-        _busy.difference_update(rooms)
-        # After a cancel (the loop shutting down) nobody may hang.
-        for _, future in batch:
-            if not future.done():
-                future.cancel()
-        _start_batches()
+    """Store one publish through this process's publisher."""
+    return await get_process().publisher.publish(outgoing)

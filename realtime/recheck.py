@@ -21,6 +21,7 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from realtime.deadlines import db
+from realtime.process import get_process
 from realtime.tasks import spawn
 from web.access import astale_credentials
 
@@ -36,15 +37,12 @@ class Signed(Protocol):
     def on_group_event(self, event: dict[str, Any]) -> None: ...
 
 
-_task: asyncio.Task[None] | None = None
-
-
 def watch() -> None:
     """Make sure this process's recheck runs (a socket just joined); it stops with the last."""
-    global _task
-    loop = asyncio.get_running_loop()
-    if _task is None or _task.done() or _task.get_loop() is not loop:
-        _task = spawn(_run(), name="credentials recheck")
+    process, loop = get_process(), asyncio.get_running_loop()
+    task = process.recheck
+    if task is None or task.done() or task.get_loop() is not loop:
+        process.recheck = spawn(_run(), name="credentials recheck")
 
 
 async def _run() -> None:

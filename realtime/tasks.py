@@ -2,7 +2,8 @@
 
 asyncio holds tasks only weakly: a task nobody references can be collected
 mid-flight. Every task the realtime code starts goes through `spawn`, which
-keeps it in one set until it is done and logs an exception it ended with.
+keeps it in the process's set (realtime/process.py) until it is done, and logs
+an exception it ended with. Shutdown cancels those still running.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from realtime.process import get_process
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-_running: set[asyncio.Task[Any]] = set()
 
 
 def spawn(coro: Coroutine[Any, Any, T], *, name: str) -> asyncio.Task[T]:
@@ -27,18 +28,18 @@ def spawn(coro: Coroutine[Any, Any, T], *, name: str) -> asyncio.Task[T]:
     sync_to_async, a thread's) context, which asgiref would read as nesting.
     """
     task = asyncio.get_running_loop().create_task(coro, name=name, context=contextvars.Context())
-    _running.add(task)
+    get_process().tasks.add(task)
     task.add_done_callback(_finished)
     return task
 
 
 def running() -> set[asyncio.Task[Any]]:
     """The tasks started with `spawn` that have not finished (a copy)."""
-    return set(_running)
+    return set(get_process().tasks)
 
 
 def _finished(task: asyncio.Task[Any]) -> None:
-    _running.discard(task)
+    get_process().tasks.discard(task)
     if task.cancelled():
         return
     error = task.exception()

@@ -10,6 +10,7 @@ from asgiref.sync import sync_to_async
 from django.db import OperationalError
 
 from realtime import publisher
+from realtime.process import get_process
 from web import actions
 from web.access import aget_room_for_user
 from web.errors import BadRequest, NotFound
@@ -56,8 +57,8 @@ async def test_concurrent_publishes_share_transactions_and_keep_arrival_order(
         .values_list("seq", "body")
     ]
     assert stored == [(i + 1, f"m{i}") for i in range(60)]
-    assert not publisher._waiting  # nothing kept once quiet
-    assert not publisher._busy
+    assert not get_process().publisher.waiting  # nothing kept once quiet
+    assert not get_process().publisher.busy
 
 
 async def test_a_refused_publish_does_not_refuse_its_batch(
@@ -119,9 +120,9 @@ async def test_a_failed_batch_fails_each_waiting_publish_and_the_next_one_runs(
     assert [type(r) for r in results] == [OperationalError] * 3
     sent = await publisher.publish(actions.Outgoing(alice, room, "kept", "y"))
     assert sent.message.seq == 1
-    assert not publisher._waiting
-    assert not publisher._busy
-    assert publisher._in_flight == 0
+    assert not get_process().publisher.waiting
+    assert not get_process().publisher.busy
+    assert get_process().publisher.in_flight == 0
 
 
 async def test_a_publish_nobody_waits_for_any_more_is_skipped(lobby: Room, alice: Any) -> None:

@@ -1,0 +1,83 @@
+"""What one server process keeps, in one object: made on first use, closed at shutdown.
+
+The process's publisher (realtime/publisher.py), its background tasks, the
+periodic credential recheck and the database sweep live here rather than in
+module globals; the channel layer (realtime/layer.py: groups, subscriptions,
+Redis connections) is the other per-process object, which Channels keeps. The
+ASGI lifespan's shutdown (`lifespan` below, routed in project/asgi.py) closes
+both: uvicorn runs it after the last connection is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from realtime.publisher import Publisher
+
+logger = logging.getLogger(__name__)
+
+SHUTDOWN_WAIT = 5.0  # seconds the background tasks get to finish at shutdown
+
+
+class Process:
+    def __init__(self) -> None:
+        from realtime.publisher import Publisher  # it uses get_process() itself
+
+        self.publisher: Publisher = Publisher()
+        self.tasks: set[asyncio.Task[Any]] = set()  # see realtime/tasks.py
+        self.recheck: asyncio.Task[None] | None = None  # realtime/recheck.py
+        self.sweep: asyncio.Task[None] | None = None  # realtime/deadlines.py
+
+    async def close(self) -> None:
+        """Cancel the background tasks of the running loop and wait for them, bounded."""
+        loop = asyncio.get_running_loop()
+        mine = [t for t in self.tasks if t.get_loop() is loop and t is not asyncio.current_task()]
+        for task in mine:
+            task.cancel()
+        if mine:
+            await asyncio.wait(mine, timeout=SHUTDOWN_WAIT)
+
+
+_process: Process | None = None
+
+
+def get_process() -> Process:
+    """This process's state, made on first use."""
+    global _process
+    if _process is None:
+        _process = Process()
+    return _process
+
+
+async def close_process() -> None:
+    """Close this process's state and the channel layer (shutdown; tests)."""
+    global _process
+    from channels.layers import get_channel_layer
+
+    if _process is not None:
+        process, _process = _process, None
+        await process.close()
+    layer = get_channel_layer()
+    if layer is not None and hasattr(layer, "close"):
+        with contextlib.suppress(Exception):
+            await layer.close()
+
+
+async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The ASGI lifespan protocol: nothing to start; at shutdown, close what the process
+    keeps."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            try:
+                await close_process()
+            except Exception:
+                logger.exception("closing the process failed")
+            await send({"type": "lifespan.shutdown.complete"})
+            return
