@@ -19,6 +19,7 @@ from pytest_postgresql import factories as pg_factories
 from pytest_redis import factories as redis_factories
 
 from realtime import events
+from web.models import Room
 
 # PostgreSQL refuses to run as root; the wrapper runs it as the postgres user when needed.
 postgresql_proc = pg_factories.postgresql_proc(
@@ -102,3 +103,11 @@ def admin_client(db: None) -> Client:
     session[DEVICE_ID_SESSION_KEY] = device.persistent_id
     session.save()
     return client
+
+
+@pytest.fixture
+def general(db: None) -> Room:
+    """The public room every user can post in (made by a migration)."""
+    # Transactional tests flush the migration-made row, so make sure it is there.
+    room, _ = Room.objects.get_or_create(slug="general", defaults={"title": "General"})
+    return room

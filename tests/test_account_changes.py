@@ -18,7 +18,8 @@ from realtime import recheck
 from realtime.consumers import CLOSE_SESSION_ENDED
 from tests.conftest import CaptureEvents
 from tests.forms import form_fields
-from tests.test_consumers import Socket, connect, token_headers
+from tests.test_consumers import Socket, open_socket
+from tests.test_consumers import session_socket as browser_socket
 from web.models import Room
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -26,27 +27,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 CLOSED = {"type": "websocket.close", "code": CLOSE_SESSION_ENDED}
 
 
-@pytest.fixture
-def general() -> Room:
-    room, _ = Room.objects.get_or_create(slug="general", defaults={"title": "General"})
-    return room
-
-
-async def token_socket(username: str) -> Socket:
-    communicator, (connected, _) = await connect(await sync_to_async(token_headers)(username))
-    assert connected
-    return Socket(communicator)
-
-
 async def session_socket(user: Any) -> Socket:
-    browser = Client()
-    await sync_to_async(browser.force_login)(user)
-    cookie = f"sessionid={browser.cookies['sessionid'].value}".encode()
-    communicator, (connected, _) = await connect(
-        [(b"cookie", cookie), (b"origin", b"http://127.0.0.1:8000")]
-    )
-    assert connected
-    return Socket(communicator)
+    socket, _browser = await browser_socket(user)
+    return socket
 
 
 async def assert_open(ws: Socket) -> None:
@@ -68,7 +51,7 @@ def deactivate_in_the_admin(admin: Client, user: Any) -> None:
 async def test_unticking_active_in_the_admin_closes_every_socket_and_stores_nothing_after(
     general: Room, alice: Any, admin_client: Client
 ) -> None:
-    sockets = [await token_socket("alice"), await session_socket(alice)]
+    sockets = [await open_socket("alice"), await session_socket(alice)]
     await sync_to_async(deactivate_in_the_admin)(admin_client, alice)
     for ws in sockets:
         # Whatever it sends now is not stored (the store checks the sender too).
@@ -82,7 +65,7 @@ async def test_unticking_active_in_the_admin_closes_every_socket_and_stores_noth
 
 
 async def test_saving_a_user_inactive_in_a_shell_closes_every_socket(alice: Any) -> None:
-    sockets = [await token_socket("alice"), await session_socket(alice)]
+    sockets = [await open_socket("alice"), await session_socket(alice)]
     alice.is_active = False
     await sync_to_async(alice.save)()
     for ws in sockets:
@@ -92,7 +75,7 @@ async def test_saving_a_user_inactive_in_a_shell_closes_every_socket(alice: Any)
 async def test_a_new_password_closes_the_users_session_sockets_and_not_token_ones(
     alice: Any, bob: Any
 ) -> None:
-    session, token = await session_socket(alice), await token_socket("alice")
+    session, token = await session_socket(alice), await open_socket("alice")
     bobs = await session_socket(bob)
     alice.set_password("a new password")
     await sync_to_async(alice.save)()
@@ -125,8 +108,8 @@ def test_deleting_a_user_ends_their_sockets(alice: Any, capture_events: CaptureE
 async def test_a_recheck_closes_sockets_whose_user_changed_behind_djangos_back(
     alice: Any, bob: Any, charlie: Any
 ) -> None:
-    alices, bobs = await token_socket("alice"), await session_socket(bob)
-    bobs_token, charlies = await token_socket("bob"), await token_socket("charlie")
+    alices, bobs = await open_socket("alice"), await session_socket(bob)
+    bobs_token, charlies = await open_socket("bob"), await open_socket("charlie")
     table = get_user_model()._meta.db_table
 
     def raw_sql() -> None:

@@ -7,27 +7,15 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
-from django.test import Client, override_settings
+from django.test import override_settings
 
 from realtime.consumers import CLOSE_POLICY, CLOSE_SESSION_ENDED, CLOSE_TOO_SLOW
 from realtime.groups import room_group
-from tests.test_consumers import Socket, connect, token_headers
+from tests.test_consumers import connect, open_socket, session_socket, token_headers
 from web import actions
 from web.models import ApiToken, Room
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def general() -> Room:
-    room, _ = Room.objects.get_or_create(slug="general", defaults={"title": "General"})
-    return room
-
-
-async def open_socket(username: str) -> Socket:
-    communicator, (connected, _) = await connect(await sync_to_async(token_headers)(username))
-    assert connected
-    return Socket(communicator)
 
 
 def publish_frame(i: int) -> dict[str, Any]:
@@ -114,17 +102,11 @@ async def test_deactivating_a_user_closes_every_socket(alice: Any) -> None:
 
 
 async def test_logging_out_closes_that_sessions_sockets(alice: Any) -> None:
-    browser = Client()
-    await sync_to_async(browser.force_login)(alice)
-    cookie = f"sessionid={browser.cookies['sessionid'].value}".encode()
-    communicator, (connected, _) = await connect(
-        [(b"cookie", cookie), (b"origin", b"http://127.0.0.1:8000")]
-    )
-    assert connected
+    session, browser = await session_socket(alice)
     other = await open_socket("alice")  # a token socket of the same user stays
     response = await sync_to_async(browser.post)("/accounts/logout/")
     assert response.status_code == 302
-    assert (await communicator.receive_output(timeout=3))["code"] == CLOSE_SESSION_ENDED
+    assert (await session.comm.receive_output(timeout=3))["code"] == CLOSE_SESSION_ENDED
     await other.send({"type": "ping", "ref": "p"})
     assert await other.recv() == {"type": "pong", "ref": "p"}
     await other.comm.disconnect()

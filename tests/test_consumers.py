@@ -58,6 +58,26 @@ async def connect(headers: list[tuple[bytes, bytes]]) -> tuple[WebsocketCommunic
     return communicator, (connected, code)
 
 
+async def open_socket(username: str) -> Socket:
+    """A connected socket of the user, authenticated with a new token."""
+    communicator, (connected, _) = await connect(await sync_to_async(token_headers)(username))
+    assert connected
+    return Socket(communicator)
+
+
+async def session_socket(user: Any) -> tuple[Socket, Client]:
+    """A connected socket of the user's browser session (from an allowed Origin), and the
+    browser."""
+    browser = Client()
+    await sync_to_async(browser.force_login)(user)
+    cookie = f"sessionid={browser.cookies['sessionid'].value}".encode()
+    communicator, (connected, _) = await connect(
+        [(b"cookie", cookie), (b"origin", b"http://127.0.0.1:8000")]
+    )
+    assert connected
+    return Socket(communicator), browser
+
+
 @pytest.fixture
 async def alice_ws(alice: Any) -> AsyncIterator[Socket]:
     communicator, (connected, _) = await connect(await sync_to_async(token_headers)("alice"))
@@ -72,13 +92,6 @@ async def charlie_ws(charlie: Any) -> AsyncIterator[Socket]:
     assert connected
     yield Socket(communicator)
     await communicator.disconnect()
-
-
-@pytest.fixture
-def general() -> Room:
-    # Transactional tests flush the migration-made row, so make sure it is there.
-    room, _ = Room.objects.get_or_create(slug="general", defaults={"title": "General"})
-    return room
 
 
 @pytest.fixture

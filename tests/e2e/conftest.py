@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pytest_redis.executor import RedisExecutor
 
+from tests.e2e.faults import redis_server
 from tests.e2e.servers import (
     FORBIDDEN_PORTS,
     Http,
@@ -156,3 +158,12 @@ async def sockets(stack: Stack) -> AsyncIterator[Sockets]:
     opened = Sockets(stack.tokens)
     yield opened
     await opened.close_all()
+
+
+@pytest.fixture
+def own_redis(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RedisExecutor]:
+    """A Redis server for one test, which may stop and restart it on the same port."""
+    with redis_server(request, tmp_path_factory) as server:
+        yield server

@@ -36,6 +36,17 @@ def shell(stack: Stack, code: str) -> None:
     stack.manage("shell", "-c", code)
 
 
+def save_user(stack: Stack, name: str, change: str) -> None:
+    """Change the user in `manage.py shell` and save(), as an operator at a shell does."""
+    shell(
+        stack,
+        "from django.contrib.auth.models import User\n"
+        f"user = User.objects.get(username={name!r})\n"
+        f"{change}\n"
+        "user.save()",
+    )
+
+
 def new_user(stack: Stack, *, staff: bool = False) -> tuple[str, str]:
     """A fresh user with a password (other tests' users stay active); their name and password."""
     name, password = f"u{uuid.uuid4().hex[:10]}", secrets.token_urlsafe(16)
@@ -148,14 +159,7 @@ async def test_unticking_active_in_the_admin_closes_every_socket_and_stores_noth
 async def test_saving_the_user_inactive_in_a_shell_closes_every_socket(
     stack: Stack, victim: Victim
 ) -> None:
-    await asyncio.to_thread(
-        shell,
-        stack,
-        "from django.contrib.auth.models import User\n"
-        f"user = User.objects.get(username={victim.name!r})\n"
-        "user.is_active = False\n"
-        "user.save()",
-    )
+    await asyncio.to_thread(save_user, stack, victim.name, "user.is_active = False")
     await assert_closed(*victim.sockets.values())
 
 
@@ -163,12 +167,7 @@ async def test_a_new_password_closes_the_session_socket_and_not_the_token_one(
     stack: Stack, victim: Victim
 ) -> None:
     await asyncio.to_thread(
-        shell,
-        stack,
-        "from django.contrib.auth.models import User\n"
-        f"user = User.objects.get(username={victim.name!r})\n"
-        "user.set_password('a new password for this test')\n"
-        "user.save()",
+        save_user, stack, victim.name, "user.set_password('a new password for this test')"
     )
     await assert_closed(victim.sockets["session"])
     await victim.sockets["token"].ping()

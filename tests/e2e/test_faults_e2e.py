@@ -66,15 +66,6 @@ fault_postgresql_proc = pg_factories.postgresql_proc(
 
 
 @pytest.fixture
-def own_redis(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RedisExecutor]:
-    """A Redis server for one test, which may stop and restart it on the same port."""
-    with redis_server(request, tmp_path_factory) as server:
-        yield server
-
-
-@pytest.fixture
 async def returning() -> AsyncIterator[Callable[..., ReturningClient]]:
     """Make ReturningClients for the test; their connections are closed at its end."""
     made: list[ReturningClient] = []

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
 import pytest
 from pytest_redis.executor import RedisExecutor
 
-from tests.e2e.faults import frozen, redis_server, redis_url
+from tests.e2e.faults import frozen, redis_url
 from tests.e2e.servers import Http, SpawnPod, Stack
 from tests.e2e.wsclient import Sockets
 
@@ -22,14 +21,6 @@ pytestmark = pytest.mark.e2e
 # again (docs/guarantees.md): REBROADCAST_SECONDS (0.5), a publish's own timeout (2 s)
 # if a retry was under way when Redis froze, and a round trip.
 REBROADCAST_BOUND = 0.5 + 2 + 1.0
-
-
-@pytest.fixture
-def own_redis(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RedisExecutor]:
-    with redis_server(request, tmp_path_factory) as server:
-        yield server
 
 
 async def test_a_subscribe_while_redis_is_down_answers_unavailable_and_the_socket_stays(
