@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import itertools
 import logging
 import math
@@ -42,6 +41,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from realtime import redis_clients
+from realtime.process import get_process
+from realtime.tasks import spawn
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +127,6 @@ class ClusterLimits:
         self.idle.set()
         self.wake = asyncio.Event()
         self.refresher: asyncio.Task[None] | None = None
-        self.tasks: set[asyncio.Task[None]] = set()
 
     # Connections.
 
@@ -145,9 +145,7 @@ class ClusterLimits:
             return False
         self.live.setdefault(user_id, []).append(member)
         if self.refresher is None or self.refresher.done():
-            self.refresher = asyncio.get_running_loop().create_task(
-                self._refresh_forever(), context=contextvars.Context()
-            )
+            self.refresher = spawn(self._refresh_forever(), name="connection cap refresh")
         return None if answer is None else True
 
     def release(self, user_id: object) -> None:
@@ -161,13 +159,11 @@ class ClusterLimits:
             del self.live[user_id]
         key = CONNS_PREFIX + str(user_id)
         try:
-            loop = asyncio.get_running_loop()
+            asyncio.get_running_loop()
         except RuntimeError:
             self._orphan(key, member)
             return
-        task = loop.create_task(self._remove(key, member), context=contextvars.Context())
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        spawn(self._remove(key, member), name="connection cap release")
 
     async def _remove(self, key: str, member: str) -> None:
         # After a refresh under way, which may still carry this member: never re-added later.
@@ -277,8 +273,6 @@ class ClusterLimits:
     async def aclose(self) -> None:
         if self.refresher is not None:
             self.refresher.cancel()
-        for task in list(self.tasks):
-            task.cancel()
         await self.pool.aclose()
 
 
@@ -287,20 +281,17 @@ def _ttl_ms() -> int:
     return max(1, round(ttl * 1000))
 
 
-_cluster: ClusterLimits | None = None
-
-
 def get_cluster_limits() -> ClusterLimits | None:
     """The process's shared limits with REDIS_URL (made on first use), else None."""
-    global _cluster
     if not settings.REDIS_URL:
         return None
-    if _cluster is None:
-        _cluster = ClusterLimits()
-    return _cluster
+    process = get_process()
+    if process.cluster_limits is None:
+        process.cluster_limits = ClusterLimits()
+    cluster: ClusterLimits = process.cluster_limits
+    return cluster
 
 
 def reset_cluster_limits() -> None:
     """Forget the client (tests that change REDIS_URL or start a new event loop)."""
-    global _cluster
-    _cluster = None
+    get_process().cluster_limits = None

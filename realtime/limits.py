@@ -22,6 +22,7 @@ from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from realtime.cluster_limits import get_cluster_limits, window
+from realtime.process import get_process
 
 
 class Counters:
@@ -72,14 +73,12 @@ class UserState:
         return await self.own.hit(kind, rate, burst)
 
 
-_users: dict[object, UserState] = {}
-
-
 async def connect(user_id: object) -> UserState | None:
     """Count a new connection of the user; None when the user is at the cap."""
-    state = _users.get(user_id)
+    users = get_process().users
+    state = users.get(user_id)
     if state is None:
-        state = _users[user_id] = UserState(user_id)
+        state = users[user_id] = UserState(user_id)
     # This process's count is never more than the cluster's: at the cap here, no need to ask.
     if state.connections >= settings.MAX_CONNECTIONS_PER_USER:
         return None
@@ -101,7 +100,7 @@ async def connect(user_id: object) -> UserState | None:
 
 def disconnect(user_id: object) -> None:
     """Stop counting one connection of the user. Sync: it runs in a finally."""
-    state = _users.get(user_id)
+    state = get_process().users.get(user_id)
     if state is None:
         return
     _uncount(user_id, state)
@@ -113,7 +112,7 @@ def disconnect(user_id: object) -> None:
 def _uncount(user_id: object, state: UserState) -> None:
     state.connections -= 1
     if state.connections <= 0:
-        _users.pop(user_id, None)  # nothing kept for users with no connection here
+        get_process().users.pop(user_id, None)  # nothing kept for users with no connection
 
 
 @dataclass(slots=True)

@@ -1,11 +1,12 @@
 """What one server process keeps, in one object: made on first use, closed at shutdown.
 
 The process's publisher (realtime/publisher.py), its background tasks, the
-periodic credential recheck and the database sweep live here rather than in
-module globals; the channel layer (realtime/layer.py: groups, subscriptions,
-Redis connections) is the other per-process object, which Channels keeps. The
-ASGI lifespan's shutdown (`lifespan` below, routed in project/asgi.py) closes
-both: uvicorn runs it after the last connection is gone.
+periodic credential recheck, the database sweep, its users' limits and the
+client of the shared limits live here rather than in module globals; the
+channel layer (realtime/layer.py: groups, subscriptions, Redis connections) is
+the other per-process object, which Channels keeps. The ASGI lifespan's
+shutdown (`lifespan` below, routed in project/asgi.py) closes both: uvicorn
+runs it after the last connection is gone.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class Process:
         self.tasks: set[asyncio.Task[Any]] = set()  # see realtime/tasks.py
         self.recheck: asyncio.Task[None] | None = None  # realtime/recheck.py
         self.sweep: asyncio.Task[None] | None = None  # realtime/deadlines.py
+        self.users: dict[object, Any] = {}  # user id -> limits.UserState, while connected here
+        self.cluster_limits: Any = None  # cluster_limits.ClusterLimits, with REDIS_URL
 
     async def close(self) -> None:
         """Cancel the background tasks of the running loop and wait for them, bounded."""
@@ -40,6 +43,9 @@ class Process:
             task.cancel()
         if mine:
             await asyncio.wait(mine, timeout=SHUTDOWN_WAIT)
+        if self.cluster_limits is not None:
+            with contextlib.suppress(Exception):
+                await self.cluster_limits.aclose()
 
 
 _process: Process | None = None

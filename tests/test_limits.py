@@ -14,6 +14,7 @@ from django.test import override_settings
 
 from realtime import limits
 from realtime.limits import ConnectionLimits, Counters, UserState
+from realtime.process import get_process
 
 # Tests of the connection's own budgets leave the user's out of the way.
 ROOMY_USER: dict[str, Any] = {"USER_PUBLISH_RATE": 1000.0, "USER_PUBLISH_BURST": 1000.0}
@@ -102,5 +103,5 @@ async def test_a_closed_connection_leaves_no_counters_behind() -> None:
     del conn, user
     await asyncio.sleep(0)  # the package's expiry sweep, a task, lets go of its storage
     gc.collect()
-    assert user_id not in limits._users
+    assert user_id not in get_process().users
     assert [ref() for ref in kept] == [None, None]
