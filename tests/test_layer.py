@@ -19,7 +19,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
 
-from realtime.layer import ChatChannelLayer
+from realtime.layer import NAMED_PREFIX, ChatChannelLayer
 
 NOTHING_WITHIN = 0.5  # how long "nothing arrives" is waited for
 
@@ -198,7 +198,9 @@ async def test_a_named_channel_is_received_from_another_process(
 ) -> None:
     a, b = two_processes
     receiving = asyncio.ensure_future(b.receive("test-channel"))
-    await asyncio.sleep(0.1)  # the receive subscribes first; pub/sub keeps nothing for later
+    # Pub/sub keeps nothing for later: send once Redis has confirmed b's subscription (this
+    # returns when it has: the receive's own subscribe waits on the same confirmation).
+    await asyncio.wait_for(b.transport.subscribe(NAMED_PREFIX + "test-channel"), 5)
     await a.send("test-channel", {"type": "message.1"})
     assert (await asyncio.wait_for(receiving, 2))["type"] == "message.1"
 
