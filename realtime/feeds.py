@@ -227,10 +227,8 @@ class RedisTransport(Transport):
         try:
             self.send(items)
         except RedisError:
-            if not durable:
+            if not self._retry_later(items, durable):
                 raise
-            logger.warning("broadcast failed; retrying it every %ss", settings.REBROADCAST_SECONDS)
-            self.rebroadcast.add(items)
 
     async def apublish(self, *items: tuple[str, bytes], durable: bool = True) -> None:
         if durable and self.rebroadcast.waiting():
@@ -248,10 +246,17 @@ class RedisTransport(Transport):
                     pipe.publish(channel, data)
                 await pipe.execute()
         except RedisError:
-            if not durable:
+            if not self._retry_later(items, durable):
                 raise
-            logger.warning("broadcast failed; retrying it every %ss", settings.REBROADCAST_SECONDS)
-            self.rebroadcast.add(items)
+
+    def _retry_later(self, items: Sequence[tuple[str, bytes]], durable: bool) -> bool:
+        """Redis did not take a publish: queue a durable one to be sent again (True); the
+        caller gives up on the rest."""
+        if not durable:
+            return False
+        logger.warning("broadcast failed; retrying it every %ss", settings.REBROADCAST_SECONDS)
+        self.rebroadcast.add(items)
+        return True
 
     async def close(self) -> None:
         if self.reader is not None:

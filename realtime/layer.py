@@ -254,8 +254,10 @@ class ChatChannelLayer(BaseChannelLayer):  # type: ignore[misc]  # channels is u
         if listeners:
             for listener in list(listeners):
                 listener.on_group_event(message)
-        for channel in list(self.groups.get(group, ())):
-            self._put(channel, dict(message))
+        members = self.groups.get(group)
+        if members:
+            for channel in list(members):
+                self._put(channel, dict(message))
 
     async def _publish(self, channel: str, message: Message) -> None:
         await self.transport.apublish((channel, self.serialize(message)))

@@ -124,24 +124,21 @@ class ConnectionLimits:
     struck_out: bool = False
 
     async def allow_publish(self) -> bool:
-        rate, burst = settings.PUBLISH_RATE, settings.PUBLISH_BURST
-        if await self.own.hit("publish", rate, burst) and await self.user.allow_publish():
-            return True
-        await self._strike()
-        return False
+        return await self._allow("publish", settings.PUBLISH_RATE, settings.PUBLISH_BURST)
 
     async def allow_typing(self) -> bool:
-        rate, burst = settings.TYPING_RATE, settings.TYPING_BURST
-        if await self.own.hit("typing", rate, burst) and await self.user.allow_typing():
-            return True
-        await self._strike()
-        return False
+        return await self._allow("typing", settings.TYPING_RATE, settings.TYPING_BURST)
 
-    async def _strike(self) -> None:
+    async def _allow(self, kind: str, rate: float, burst: float) -> bool:
+        """This connection's budget, then the user's; a refusal is a strike."""
+        user_allows = self.user.allow_publish if kind == "publish" else self.user.allow_typing
+        if await self.own.hit(kind, rate, burst) and await user_allows():
+            return True
         # Every refusal is a strike, taken here where the package's counters can be
         # awaited; the consumer then asks strike(), which is sync, for the verdict.
-        rate, burst = settings.RATE_STRIKES_PER_SECOND, settings.RATE_STRIKES
-        self.struck_out = not await self.own.hit("strikes", rate, burst)
+        strikes, per_second = settings.RATE_STRIKES, settings.RATE_STRIKES_PER_SECOND
+        self.struck_out = not await self.own.hit("strikes", per_second, strikes)
+        return False
 
     def strike(self) -> bool:
         """After a refusal: False when the client kept going and must be closed."""
