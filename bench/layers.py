@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import shutil
 import subprocess
 import tempfile
@@ -33,8 +34,6 @@ from channels_redis.core import RedisChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
 from bench.services import free_port, wait_for_port
-from realtime.fanout import Subscription
-from realtime.layer import ChatChannelLayer
 
 DRAIN_WITHIN = 60.0
 QUIET = 1.0  # after the last delivery, how long nothing more must arrive
@@ -88,6 +87,8 @@ async def through_channels(make: Callable[[], Any], members: int, messages: int)
 
 
 async def through_fanout(url: str, members: int, messages: int) -> dict[str, Any]:
+    from realtime.layer import ChatChannelLayer, Subscription
+
     receiver, sender = ChatChannelLayer(url=url), ChatChannelLayer(url=url)
     writers = [CountingWriter() for _ in range(members)]
     last = [time.monotonic()]
@@ -142,6 +143,8 @@ async def _timed(
 
 
 async def run(url: str, members: int, messages: int) -> list[tuple[str, dict[str, Any]]]:
+    from realtime.layer import ChatChannelLayer
+
     host_url = url.rsplit("/", 1)[0]
     cases: list[tuple[str, Callable[[], Awaitable[dict[str, Any]]]]] = [
         (
@@ -170,6 +173,12 @@ def main() -> int:
     parser.add_argument("--members", type=int, default=200)
     parser.add_argument("--messages", type=int, default=1000)
     args = parser.parse_args()
+    # The project's layer reads its tunables from the settings, and spawns its tasks through
+    # the process object, which needs the apps loaded.
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+    import django
+
+    django.setup()
     redis_server = shutil.which("redis-server")
     if redis_server is None:
         raise SystemExit("redis-server is not installed (make services)")

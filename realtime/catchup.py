@@ -1,7 +1,7 @@
 """One socket following one ordered stream (a room's messages) exactly once and in order.
 
-Live events come through the channel layer's fanout extension (realtime/layer.py,
-realtime/fanout.py); whatever they did not bring comes from the database.
+Live events come through the channel layer's fanout extension (realtime/layer.py);
+whatever they did not bring comes from the database.
 
 The resume guarantee: a stream joins its group *before* it reads the last seq,
 so nothing committed after that read can be missed. It tracks the last seq it
@@ -21,8 +21,8 @@ from django.db import DatabaseError
 
 from realtime import protocol
 from realtime.deadlines import db
-from realtime.fanout import Subscription
 from realtime.groups import room_group
+from realtime.layer import Subscription
 from realtime.tasks import spawn
 from realtime.wire import Writer
 from web.access import alast_seq, amessages_after

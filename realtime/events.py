@@ -24,7 +24,7 @@ from realtime.groups import room_group, user_group
 
 logger = logging.getLogger(__name__)
 
-EPHEMERAL = 0  # the seq of a room event that is not a stored message (realtime/fanout.py)
+EPHEMERAL = 0  # the seq of a room event that is not a stored message (realtime/layer.py)
 
 Event = tuple[str, dict[str, Any]]  # (group, message)
 

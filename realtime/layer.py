@@ -17,45 +17,182 @@ with their sockets). Durability is the database's job: the chat's consumers
 catch up from PostgreSQL (realtime/catchup.py). A group or channel message
 Redis does not take is published again until it does (realtime/feeds.py).
 
-The chat consumer uses what the `fanout` extension adds (why: docs/architecture.md):
+The chat consumer uses what the `fanout` extension adds (why: docs/architecture.md),
+and this module is where a chat message reaches the sockets:
 - `join(sub)`/`leave(sub)`: a socket follows a group's ordered events as a
-  `Subscription` (realtime/fanout.py) rather than a channel: no queue or task
-  per socket; an event's ready frame text (`text`, with its `seq`) is encoded
-  once per process and written to every in-sync socket, in seq order.
+  `Subscription` rather than a channel: no queue and no task per socket. The
+  event's ready frame text (`text`, with its `seq`) is encoded once per process
+  and written to every in-sync socket (its writer, realtime/wire.py), in seq
+  order: broadcasts that overtook each other are put back in order once per
+  process (`Fanout`), not once per socket. A subscription that is not in sync
+  (backfilling, or it saw a hole) is not written to; it records the highest seq
+  seen and its consumer catches up from the database (realtime/catchup.py).
 - `listen(group, listener)`/`unlisten`: a callback per event instead of a
   channel, for a user's events (`session.ended`, `room.revoked`...).
 - `send_group_events(items)`: group messages from any thread, in order, in one
   round trip (actions emit from their on_commit).
+The specification's channels (send, receive, channel groups) are in
+realtime/channel_queues.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 from channels_redis.serializers import registry
+from django.conf import settings
 
-from realtime.fanout import EPHEMERAL, Fanout, Subscription
+from realtime.channel_queues import ChannelQueues
 from realtime.feeds import LocalTransport, RedisTransport, Transport
+from realtime.wire import Writer, text_frame
 
-logger = logging.getLogger(__name__)
-
-# Redis pub/sub channel names: a group's messages, one process's channels, a named channel's.
+# The Redis pub/sub channel of a group's messages (channels': realtime/channel_queues.py).
 GROUP_PREFIX = "chat:g:"
-PROCESS_PREFIX = "chat:p:"
-NAMED_PREFIX = "chat:c:"
-# To a process's channel, the message travels with the channel it is for.
-TARGET = "__channel__"
 # Told to every listener once the feed is back after an interruption: events may be lost.
 FEED_RESUMED: dict[str, Any] = {"type": "feed.resumed"}
 
 Message = dict[str, Any]
+
+EPHEMERAL = 0  # the seq of events that are not stored messages (typing)
+# Publishes commit in seq order, but their broadcasts leave from different threads and
+# processes and can overtake each other. A room's feed holds an early seq this long for the
+# ones before it, so sockets see order restored once per process, not a hole each. Read once:
+# the hot path does not look settings up per message.
+REORDER_WAIT: float = settings.FANOUT_REORDER_SECONDS
+REORDER_MAX_HELD: int = settings.FANOUT_REORDER_MAX
+
+
+class Subscription:
+    """One socket's view of one group's ordered events."""
+
+    __slots__ = ("group", "last_sent", "live", "max_seen", "on_behind", "recheck", "writer")
+
+    def __init__(self, group: str, writer: Writer, on_behind: Callable[[Subscription], None]):
+        self.group = group
+        self.writer = writer
+        # Called (synchronously) when this subscription needs its consumer to catch up.
+        self.on_behind = on_behind
+        self.last_sent = 0
+        self.max_seen = 0
+        self.live = False
+        # The feed was interrupted while this was catching up: ask the database once more.
+        self.recheck = False
+
+
+class RoomFeed:
+    """Restores seq order of one group's broadcasts in this process."""
+
+    __slots__ = ("held", "next_seq", "timer")
+
+    def __init__(self) -> None:
+        self.next_seq: int | None = None
+        self.held: dict[int, str] = {}
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class Fanout:
+    """The process's table of group -> subscribed sockets, and their order buffers."""
+
+    def __init__(self) -> None:
+        self.rooms: dict[str, dict[Subscription, None]] = {}
+        self.feeds: dict[str, RoomFeed] = {}
+
+    def add(self, sub: Subscription) -> None:
+        self.rooms.setdefault(sub.group, {})[sub] = None
+        self.feeds.setdefault(sub.group, RoomFeed())
+
+    def remove(self, sub: Subscription) -> bool:
+        """Forget a subscription; True when it was the group's last here."""
+        subs = self.rooms.get(sub.group)
+        if subs is None or sub not in subs:
+            return False
+        del subs[sub]
+        if subs:
+            return False
+        del self.rooms[sub.group]
+        feed = self.feeds.pop(sub.group, None)
+        if feed is not None and feed.timer is not None:
+            feed.timer.cancel()
+        return True
+
+    def dispatch(self, group: str, seq: int, text: str) -> None:
+        """Deliver one event's frame, in seq order, to the group's subscribers here."""
+        feed = self.feeds.get(group)
+        if feed is None or seq == EPHEMERAL:
+            self._deliver(group, seq, text)
+            return
+        if feed.next_seq is not None and seq > feed.next_seq:
+            feed.held[seq] = text
+            if len(feed.held) > REORDER_MAX_HELD:
+                self._flush(group)
+            elif feed.timer is None:
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    self._flush(group)
+                else:
+                    feed.timer = loop.call_later(REORDER_WAIT, self._flush, group)
+            return
+        self._deliver(group, seq, text)
+        if feed.next_seq is None or seq >= feed.next_seq:
+            feed.next_seq = seq + 1
+        while feed.next_seq in feed.held:
+            self._deliver(group, feed.next_seq, feed.held.pop(feed.next_seq))
+            feed.next_seq += 1
+        if not feed.held and feed.timer is not None:
+            feed.timer.cancel()
+            feed.timer = None
+
+    def _flush(self, group: str) -> None:
+        """The missing seqs did not come in time: deliver what is held; sockets fill holes."""
+        feed = self.feeds.get(group)
+        if feed is None:
+            return
+        if feed.timer is not None:
+            feed.timer.cancel()
+            feed.timer = None
+        for seq in sorted(feed.held):
+            self._deliver(group, seq, feed.held[seq])
+            feed.next_seq = seq + 1
+        feed.held.clear()
+
+    def _deliver(self, group: str, seq: int, text: str) -> None:
+        subs = self.rooms.get(group)
+        if not subs:
+            return
+        frame = text_frame(text)
+        if seq == EPHEMERAL:
+            # Typing and the like: not stored, no seq, skipped by sockets not in sync.
+            for sub in subs:
+                if sub.live:
+                    sub.writer.write(frame, text)
+            return
+        for sub in subs:
+            if seq <= sub.last_sent:
+                continue  # already sent (by a backfill)
+            if sub.live and seq == sub.last_sent + 1 and sub.writer.write(frame, text):
+                sub.last_sent = seq
+                continue
+            # Not written: still backfilling, a hole before it, or the socket is too slow.
+            if seq > sub.max_seen:
+                sub.max_seen = seq
+            if sub.live:
+                sub.live = False
+                sub.on_behind(sub)
+
+    def resync_all(self) -> None:
+        """After the feed was interrupted: every subscription checks the database for gaps."""
+        for subs in self.rooms.values():
+            for sub in list(subs):
+                if sub.live:
+                    sub.live = False
+                    sub.on_behind(sub)
+                else:
+                    sub.recheck = True
 
 
 class GroupListener(Protocol):
@@ -83,10 +220,7 @@ class ChatChannelLayer(BaseChannelLayer):  # type: ignore[misc]  # channels is u
         self.process = uuid.uuid4().hex[:16]
         self.fanout = Fanout()
         self.listeners: dict[str, dict[GroupListener, None]] = {}
-        self.groups: dict[str, set[str]] = {}  # group -> this process's member channels
-        self.memberships: dict[str, set[str]] = {}  # channel -> its groups
-        self.queues: dict[str, asyncio.Queue[tuple[float, Message]]] = {}
-        self.named: set[str] = set()  # channels without "!" received on here
+        self.channels = ChannelQueues(self)
         self.transport: Transport = RedisTransport(self, url) if url else LocalTransport(self)
 
     def serialize(self, message: Message) -> bytes:
@@ -101,77 +235,39 @@ class ChatChannelLayer(BaseChannelLayer):  # type: ignore[misc]  # channels is u
 
     async def new_channel(self, prefix: str = "specific") -> str:
         """A new channel name for a consumer in this process; others can `send` to it."""
-        name = f"{prefix}.{self.process}!{uuid.uuid4().hex}"
-        self.queues[name] = asyncio.Queue(self.get_capacity(name))
-        await self.transport.subscribe(PROCESS_PREFIX + self.process)
-        return name
+        return await self.channels.new_channel(prefix)
 
     async def send(self, channel: str, message: Message) -> None:
         """Send a message to a channel: one of a process's, or a named channel."""
         if not isinstance(message, dict):
             raise TypeError("a message must be a dict")
         self.require_valid_channel_name(channel)
-        if "!" not in channel:
-            await self._publish(NAMED_PREFIX + channel, message)
-            return
-        owner = channel.split("!", 1)[0].rsplit(".", 1)[-1]
-        if owner == self.process:
-            self._put(channel, message, full=ChannelFull)
-            return
-        await self._publish(PROCESS_PREFIX + owner, {**message, TARGET: channel})
+        await self.channels.send(channel, message)
 
     async def receive(self, channel: str) -> Message:
         """The next message on the channel (messages older than `expiry` are dropped)."""
         self.require_valid_channel_name(channel)
-        if "!" not in channel and channel not in self.named:
-            self.named.add(channel)
-            self.queues.setdefault(channel, asyncio.Queue(self.get_capacity(channel)))
-            await self.transport.subscribe(NAMED_PREFIX + channel)
-        queue = self.queues.get(channel)
-        if queue is None:
-            if not channel.split("!", 1)[0].endswith("." + self.process):
-                raise RuntimeError(f"{channel!r} is not a channel of this process")
-            # Receiving again after a cancelled receive (which forgot it).
-            queue = self.queues[channel] = asyncio.Queue(self.get_capacity(channel))
-        try:
-            while True:
-                stamp, message = await queue.get()
-                if time.monotonic() - stamp < self.expiry:
-                    return message
-        except (asyncio.CancelledError, TimeoutError):
-            # Channels cancels a consumer's receive when the consumer exits: its channel
-            # is done with (there is no delete_channel in the specification).
-            self._forget_channel(channel)
-            raise
+        return await self.channels.receive(channel)
 
     async def group_add(self, group: str, channel: str) -> None:
         self.require_valid_group_name(group)
         self.require_valid_channel_name(channel)
-        if channel not in self.queues:
-            raise RuntimeError(
-                "group_add() takes a channel of this process, as a consumer's "
-                "self.channel_layer.group_add(group, self.channel_name) does"
-            )
-        self.groups.setdefault(group, set()).add(channel)
-        self.memberships.setdefault(channel, set()).add(group)
+        self.channels.add(group, channel)
         await self.transport.subscribe(GROUP_PREFIX + group)
 
     async def group_discard(self, group: str, channel: str) -> None:
         self.require_valid_group_name(group)
         self.require_valid_channel_name(channel)
-        self._discard(group, channel)
+        self.channels.discard(group, channel)
 
     async def group_send(self, group: str, message: Message) -> None:
         self.require_valid_group_name(group)
-        await self._publish(GROUP_PREFIX + group, message)
+        await self.publish_message(GROUP_PREFIX + group, message)
 
     async def flush(self) -> None:
         """Forget every channel, group and subscription, and close connections (they reopen
         on the next use)."""
-        self.queues.clear()
-        self.groups.clear()
-        self.memberships.clear()
-        self.named.clear()
+        self.channels = ChannelQueues(self)
         self.listeners.clear()
         self.fanout = Fanout()
         await self.transport.close()
@@ -188,7 +284,7 @@ class ChatChannelLayer(BaseChannelLayer):  # type: ignore[misc]  # channels is u
 
     def leave(self, sub: Subscription) -> None:
         if self.fanout.remove(sub):
-            self._unsubscribe_if_unused(sub.group)
+            self.unsubscribe_if_unused(sub.group)
 
     async def listen(self, group: str, listener: GroupListener) -> None:
         self.listeners.setdefault(group, {})[listener] = None
@@ -201,7 +297,7 @@ class ChatChannelLayer(BaseChannelLayer):  # type: ignore[misc]  # channels is u
         del listeners[listener]
         if not listeners:
             del self.listeners[group]
-            self._unsubscribe_if_unused(group)
+            self.unsubscribe_if_unused(group)
 
     def send_group_events(
         self, items: Sequence[tuple[str, Message]], *, durable: bool = True
@@ -216,24 +312,24 @@ class ChatChannelLayer(BaseChannelLayer):  # type: ignore[misc]  # channels is u
     # What the transport calls.
 
     def wanted(self) -> list[str]:
-        groups = {*self.fanout.rooms, *self.listeners, *self.groups}
-        wanted = [GROUP_PREFIX + group for group in groups]
-        if any("!" in channel for channel in self.queues):
-            wanted.append(PROCESS_PREFIX + self.process)
-        wanted += [NAMED_PREFIX + channel for channel in self.named]
-        return wanted
+        groups = {*self.fanout.rooms, *self.listeners, *self.channels.groups}
+        return [GROUP_PREFIX + group for group in groups] + self.channels.wanted()
 
     def deliver(self, channel: str, data: bytes) -> None:
         """One message from the transport, for this process's members."""
-        if channel.startswith(GROUP_PREFIX):
-            self._deliver_group(channel[len(GROUP_PREFIX) :], self.deserialize(data))
-        elif channel.startswith(PROCESS_PREFIX):
-            message = self.deserialize(data)
-            target = message.pop(TARGET, None)
-            if isinstance(target, str):
-                self._put(target, message)
-        elif channel.startswith(NAMED_PREFIX):
-            self._put(channel[len(NAMED_PREFIX) :], self.deserialize(data))
+        if not channel.startswith(GROUP_PREFIX):
+            self.channels.deliver(channel, data)
+            return
+        group = channel[len(GROUP_PREFIX) :]
+        message = self.deserialize(data)
+        text = message.get("text")
+        if isinstance(text, str) and group in self.fanout.rooms:
+            self.fanout.dispatch(group, int(message.get("seq") or EPHEMERAL), text)
+        listeners = self.listeners.get(group)
+        if listeners:
+            for listener in list(listeners):
+                listener.on_group_event(message)
+        self.channels.deliver_group(group, message)
 
     def feed_lost(self) -> None:
         self.fanout.resync_all()
@@ -244,58 +340,12 @@ class ChatChannelLayer(BaseChannelLayer):  # type: ignore[misc]  # channels is u
                     told.add(id(listener))
                     listener.on_group_event(FEED_RESUMED)
 
-    # Helpers.
+    # What the channels call.
 
-    def _deliver_group(self, group: str, message: Message) -> None:
-        text = message.get("text")
-        if isinstance(text, str) and group in self.fanout.rooms:
-            self.fanout.dispatch(group, int(message.get("seq") or EPHEMERAL), text)
-        listeners = self.listeners.get(group)
-        if listeners:
-            for listener in list(listeners):
-                listener.on_group_event(message)
-        members = self.groups.get(group)
-        if members:
-            for channel in list(members):
-                self._put(channel, dict(message))
-
-    async def _publish(self, channel: str, message: Message) -> None:
+    async def publish_message(self, channel: str, message: Message) -> None:
         await self.transport.apublish((channel, self.serialize(message)))
 
-    def _put(self, channel: str, message: Message, full: type[Exception] | None = None) -> None:
-        queue = self.queues.get(channel)
-        if queue is None:
-            return  # nobody receives it here (any more)
-        if queue.full():
-            if full is not None:
-                raise full(channel)
-            logger.warning("channel %s is full; a message for it was dropped", channel)
-            return
-        queue.put_nowait((time.monotonic(), message))
-
-    def _discard(self, group: str, channel: str) -> None:
-        members = self.groups.get(group)
-        if members is None or channel not in members:
-            return
-        members.discard(channel)
-        groups = self.memberships.get(channel)
-        if groups is not None:
-            groups.discard(group)
-            if not groups:
-                del self.memberships[channel]
-        if not members:
-            del self.groups[group]
-            self._unsubscribe_if_unused(group)
-
-    def _forget_channel(self, channel: str) -> None:
-        self.queues.pop(channel, None)
-        for group in list(self.memberships.get(channel, ())):
-            self._discard(group, channel)
-        if channel in self.named:
-            self.named.discard(channel)
-            self.transport.unsubscribe(NAMED_PREFIX + channel)
-
-    def _unsubscribe_if_unused(self, group: str) -> None:
-        in_use = group in self.fanout.rooms or group in self.listeners or group in self.groups
-        if not in_use:
+    def unsubscribe_if_unused(self, group: str) -> None:
+        in_use = group in self.fanout.rooms or group in self.listeners
+        if not in_use and group not in self.channels.groups:
             self.transport.unsubscribe(GROUP_PREFIX + group)

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from realtime import fanout, feeds
-from realtime.fanout import Fanout, Subscription
-from realtime.layer import FEED_RESUMED, ChatChannelLayer
+from realtime import feeds
+from realtime import layer as fanout
+from realtime.layer import FEED_RESUMED, ChatChannelLayer, Fanout, Subscription
 from realtime.wire import text_frame
 
 ROOM = "room.7"

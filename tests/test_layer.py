@@ -19,7 +19,8 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
 
-from realtime.layer import NAMED_PREFIX, ChatChannelLayer
+from realtime.channel_queues import NAMED_PREFIX
+from realtime.layer import ChatChannelLayer
 
 NOTHING_WITHIN = 0.5  # how long "nothing arrives" is waited for
 
@@ -159,8 +160,8 @@ async def test_flush_forgets_channels_and_groups(layer: ChatChannelLayer) -> Non
     channel = await layer.new_channel()
     await layer.group_add("test-group", channel)
     await layer.flush()
-    assert not layer.groups
-    assert not layer.queues
+    assert not layer.channels.groups
+    assert not layer.channels.queues
     again = await layer.new_channel()  # usable afterwards, as new
     await layer.send(again, {"type": "x"})
     assert (await layer.receive(again))["type"] == "x"
@@ -252,7 +253,7 @@ async def test_an_ordinary_consumer_gets_a_group_send_from_another_process(
         await other.group_send("room.tutorial", {"type": "chat.message", "text": "hello"})
         assert await socket.receive_json_from(timeout=3) == {"message": "hello"}
         await socket.disconnect()
-        assert "room.tutorial" not in mine.groups
+        assert "room.tutorial" not in mine.channels.groups
     finally:
         if saved is not None:
             channel_layers.set("default", saved)

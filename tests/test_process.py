@@ -9,7 +9,7 @@ from channels.layers import get_channel_layer
 
 from project.asgi import application
 from realtime import tasks
-from realtime.fanout import Subscription
+from realtime.layer import Subscription
 from realtime.process import get_process
 
 
