@@ -24,7 +24,16 @@ from realtime.auth import still_signed_in
 from realtime.catchup import RoomStream, Stream
 from realtime.deadlines import db, sweep_connections
 from realtime.groups import room_group, user_group
-from realtime.protocol import Command, Ping, Publish, Subscribe, Typing, Unsubscribe
+from realtime.protocol import (
+    Command,
+    Ping,
+    Publish,
+    Read,
+    Subscribe,
+    SubscribeNotifications,
+    Typing,
+    Unsubscribe,
+)
 from realtime.tasks import spawn
 from realtime.wire import writer_for
 from web.access import aget_room_for_user
@@ -167,6 +176,10 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
                 await self.unsubscribe(command)
             elif isinstance(command, Typing):
                 await self.typing(command)
+            elif isinstance(command, Read):
+                await self.read(command)
+            elif isinstance(command, SubscribeNotifications):
+                await self.subscribe_notifications(command)
             elif isinstance(command, Ping):
                 await self.send(protocol.dumps({"type": "pong", "ref": command.ref}))
         except protocol.ProtocolError as error:
@@ -235,6 +248,12 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         await self.send(
             protocol.dumps({"type": "unsubscribed", "ref": command.ref, "room": command.room})
         )
+
+    async def read(self, command: Read) -> None:
+        raise NotImplementedError  # TODO(read state): being built
+
+    async def subscribe_notifications(self, command: SubscribeNotifications) -> None:
+        raise NotImplementedError  # TODO(notifications): being built
 
     # User events, from the channel layer: named after the event type, they only send or close.
 

@@ -57,16 +57,28 @@ class Typing(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="t
     room: RoomSlug
 
 
+class SubscribeNotifications(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="subscribe_notifications"
+):
+    ref: Ref = None
+    since: Seq | None = None
+
+
+class Read(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="read"):
+    ref: Ref = None
+    room: RoomSlug
+    seq: Seq
+
+
 class Ping(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="ping"):
     ref: Ref = None
 
 
-Command = Subscribe | Unsubscribe | Publish | Typing | Ping
+Command = Subscribe | Unsubscribe | Publish | Typing | SubscribeNotifications | Read | Ping
+COMMANDS = (Subscribe, Unsubscribe, Publish, Typing, SubscribeNotifications, Read, Ping)
 
 _decoder: msgspec.json.Decoder[Command] = msgspec.json.Decoder(Command)
-_TYPES = frozenset(
-    kind.__struct_config__.tag for kind in (Subscribe, Unsubscribe, Publish, Typing, Ping)
-)
+_TYPES = frozenset(kind.__struct_config__.tag for kind in COMMANDS)
 
 
 class _RefOnly(msgspec.Struct):
@@ -85,6 +97,7 @@ _MUST = {
     "ref": f"ref must be a string of at most {MAX_REF_CHARS} characters",
     "room": f"room must be a string of at most {MAX_ROOM_CHARS} characters",
     "since": "since must be a non-negative integer",
+    "seq": "seq must be a non-negative integer",
     "body": "body must be a string",
     "client_msg_id": "client_msg_id must be a string",
 }

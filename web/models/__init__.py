@@ -386,3 +386,12 @@ def _store_batch_sql() -> str:
 
     users = connection.ops.quote_name(get_user_model()._meta.db_table)
     return STORE_BATCH_SQL.replace("{users}", users)
+
+
+# The models of other subjects, each in its own module (imported here so Django finds them).
+from web.models.notifications import Inbox as Inbox  # noqa: E402
+from web.models.notifications import Notification as Notification  # noqa: E402
+from web.models.services import IdempotencyKey as IdempotencyKey  # noqa: E402
+from web.models.services import ServiceKey as ServiceKey  # noqa: E402
+from web.models.webhooks import Webhook as Webhook  # noqa: E402
+from web.models.webhooks import WebhookDelivery as WebhookDelivery  # noqa: E402
