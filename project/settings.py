@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import environ
 
@@ -59,12 +60,17 @@ INSTALLED_APPS = [
     "channels",
     "django_otp",
     "django_otp.plugins.otp_totp",
+    "csp",
     "web",
     "realtime",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files first: WhiteNoise answers them before sessions or auth are looked at.
+    "web.static_files.StaticFilesMiddleware",
+    # The Content-Security-Policy header on every page (CONTENT_SECURITY_POLICY below).
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "web.auth.BearerCsrfExemptMiddleware",
@@ -139,6 +145,65 @@ CHANNEL_LAYERS = {
     }
 }
 
+# Background work (project/celery.py, web/tasks.py): webhooks, mention emails, chores.
+# Without a broker tasks run eagerly in the process that sends them (`make run` needs no worker);
+# a failing task then only logs, it never breaks the request that sent it.
+CELERY_BROKER_URL = secret("CELERY_BROKER_URL") or REDIS_URL
+CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
+CELERY_TASK_EAGER_PROPAGATES = False
+CELERY_TASK_IGNORE_RESULT = True  # no result backend: tasks record their outcome in the database
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A request that enqueues while the broker is down gives up within about a second (logged).
+CELERY_BROKER_CONNECTION_TIMEOUT = env.float("CELERY_BROKER_CONNECTION_TIMEOUT", default=2.0)
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2}
+# Late acks: a delivery a worker was killed in the middle of is run again (at least once).
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # keep LOGGING's format
+# Celery beat's file scheduler keeps its last-run times here (a writable path).
+CELERY_BEAT_SCHEDULE_FILENAME = env.str(
+    "CELERY_BEAT_SCHEDULE_FILENAME", default=str(BASE_DIR / "var" / "celerybeat-schedule")
+)
+MENTION_EMAIL_EVERY_SECONDS = env.float("MENTION_EMAIL_EVERY_SECONDS", default=60.0)
+CELERY_BEAT_SCHEDULE = {
+    "mention-emails": {
+        "task": "web.tasks.send_mention_emails",
+        "schedule": MENTION_EMAIL_EVERY_SECONDS,
+    },
+    "purge-idempotency-keys": {"task": "web.tasks.purge_idempotency_keys", "schedule": 3600.0},
+    "purge-webhook-deliveries": {"task": "web.tasks.purge_webhook_deliveries", "schedule": 3600.0},
+}
+
+# Outgoing webhooks (web/webhooks.py). Private, loopback and link-local addresses are refused
+# (SSRF, docs/security.md) unless WEBHOOK_ALLOW_PRIVATE=1, for tests and local receivers.
+WEBHOOK_ALLOW_PRIVATE = env.bool("WEBHOOK_ALLOW_PRIVATE", default=False)
+WEBHOOK_MAX_PER_USER = env.int("WEBHOOK_MAX_PER_USER", default=10)
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=5.0)
+# Tries per delivery, waiting a random 0..base*2**n seconds (full jitter) after the nth failure.
+WEBHOOK_MAX_TRIES = env.int("WEBHOOK_MAX_TRIES", default=6)
+WEBHOOK_RETRY_BACKOFF_SECONDS = env.float("WEBHOOK_RETRY_BACKOFF_SECONDS", default=10.0)
+WEBHOOK_RETRY_BACKOFF_MAX_SECONDS = env.float("WEBHOOK_RETRY_BACKOFF_MAX_SECONDS", default=600.0)
+WEBHOOK_DELIVERY_RETENTION_DAYS = env.int("WEBHOOK_DELIVERY_RETENTION_DAYS", default=7)
+IDEMPOTENCY_KEY_HOURS = env.int("IDEMPOTENCY_KEY_HOURS", default=24)
+
+# Mention emails (web/tasks.py): a user mentioned and away (no open socket) this long gets one
+# summary of their unread mentions. SMTP with EMAIL_HOST, else printed to the console.
+MENTION_EMAIL_AFTER_SECONDS = env.float("MENTION_EMAIL_AFTER_SECONDS", default=600.0)
+EMAIL_HOST = env.str("EMAIL_HOST", default="")
+EMAIL_BACKEND = env.str(
+    "EMAIL_BACKEND",
+    default="django.core.mail.backends.smtp.EmailBackend"
+    if EMAIL_HOST
+    else "django.core.mail.backends.console.EmailBackend",
+)
+EMAIL_PORT = env.int("EMAIL_PORT", default=25)
+EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
+EMAIL_HOST_PASSWORD = secret("EMAIL_HOST_PASSWORD") or ""
+EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
+EMAIL_USE_SSL = env.bool("EMAIL_USE_SSL", default=False)
+EMAIL_TIMEOUT = env.float("EMAIL_TIMEOUT", default=10.0)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="chat@localhost")
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -163,8 +228,48 @@ TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
 
-STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "var" / "static"
+# The browser client (frontend/, docs/frontend.md), served by WhiteNoise. `collectstatic` puts
+# hashed copies in STATIC_ROOT with a manifest; once it is there, pages name the hashed files
+# and WhiteNoise serves them with far-future cache headers, so STATIC_URL may be a CDN's URL
+# (pulling from this origin). Before that (`make run`, a fresh checkout, in-process tests) the
+# files are served as they are in frontend/, with short cache times.
+STATIC_URL = env.str("STATIC_URL", default="/static/")
+STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(BASE_DIR / "var" / "static")))
+STATICFILES_DIRS = [BASE_DIR / "frontend"]
+STATIC_HASHED = env.bool(
+    "STATIC_HASHED", default=not DEBUG and (STATIC_ROOT / "staticfiles.json").exists()
+)
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        # WhiteNoise's CompressedManifestStaticFilesStorage, rewriting ES module imports too.
+        "BACKEND": "web.static_files.HashedStaticStorage"
+        if STATIC_HASHED
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+WHITENOISE_USE_FINDERS = not STATIC_HASHED
+
+# No inline scripts, inline handlers or eval anywhere: the client is static ES modules. 'self'
+# in connect-src covers the page's own ws:/wss: origin (CSP Level 3, which browsers follow).
+_STATIC_HOST = urlsplit(STATIC_URL)
+_ASSETS = ["'self'"] + (
+    [f"{_STATIC_HOST.scheme}://{_STATIC_HOST.netloc}"] if _STATIC_HOST.netloc else []
+)
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": _ASSETS,
+        "style-src": _ASSETS,
+        "img-src": [*_ASSETS, "data:"],
+        "font-src": _ASSETS,
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Production hardening; `manage.py check --deploy` is clean with SECURE=1.
@@ -255,3 +360,15 @@ SLOW_CLIENT_PENDING_SENDS = env.int("SLOW_CLIENT_PENDING_SENDS", default=256)
 CLOSE_GRACE_SECONDS = env.float("CLOSE_GRACE_SECONDS", default=5.0)
 # Rooms a socket remembers it was let into (those it used), so publishing is not a query each.
 SOCKET_ROOMS_REMEMBERED = env.int("SOCKET_ROOMS_REMEMBERED", default=256)
+
+# Presence (realtime/presence.py). Each process re-scores its users in Redis every
+# PRESENCE_HEARTBEAT_SECONDS (and sweeps its rooms' expired ones then); a process killed
+# without a goodbye loses its users PRESENCE_TTL_SECONDS after its last heartbeat, seen by
+# the next sweep and sent at the next flush: at most TTL + HEARTBEAT + FLUSH (25.5 s) after
+# it died. Joins and leaves go out batched, one frame per room every PRESENCE_FLUSH_SECONDS.
+PRESENCE_HEARTBEAT_SECONDS = env.float("PRESENCE_HEARTBEAT_SECONDS", default=5.0)
+PRESENCE_TTL_SECONDS = env.float("PRESENCE_TTL_SECONDS", default=20.0)
+PRESENCE_FLUSH_SECONDS = env.float("PRESENCE_FLUSH_SECONDS", default=0.5)
+# A typing notice is relayed at most once per this many seconds per user and room (cluster-wide
+# with REDIS_URL); the others are dropped without an error.
+TYPING_INTERVAL_SECONDS = env.float("TYPING_INTERVAL_SECONDS", default=3.0)

@@ -2,12 +2,10 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.contrib.auth.decorators import login_required
 from django.urls import path
-from django.views.generic import TemplateView
 from django_otp.admin import OTPAdminSite
 
-from web import views
+from web import views, views_notifications, views_pages, views_webhooks
 
 # django-otp's documented way to make the default admin site require a verified second factor:
 # staff who have not entered a TOTP token are treated as if they were not staff.
@@ -19,7 +17,8 @@ handler404 = "web.errors_views.not_found"
 handler500 = "web.errors_views.server_error"
 
 urlpatterns = [
-    path("", login_required(TemplateView.as_view(template_name="home.html")), name="home"),
+    path("", views_pages.app, name="home"),
+    path("accounts/signup/", views_pages.signup, name="signup"),
     path("admin/", admin.site.urls),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", views.LogoutView.as_view(), name="logout"),
@@ -29,5 +28,11 @@ urlpatterns = [
     path("api/rooms/<slug:slug>/members/<str:username>", views.members),
     path("api/rooms/<slug:slug>/messages", views.messages),
     path("api/rooms/<slug:slug>/read", views.mark_read),
+    path("api/rooms/<slug:slug>/presence", views.presence),
+    path("api/webhooks", views_webhooks.webhooks),
+    path("api/webhooks/<int:webhook_id>", views_webhooks.webhook),
+    path("api/notifications", views_notifications.notifications),
+    path("api/notifications/read", views_notifications.mark_read),
+    path("api/notify", views_notifications.notify),
     path("healthz", views.healthz),
 ]

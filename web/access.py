@@ -8,7 +8,16 @@ from django.contrib.auth.models import User
 from django.db.models import Exists, OuterRef, Subquery
 
 from web.errors import Forbidden, NotFound
-from web.models import ApiToken, Membership, Message, Room
+from web.models import (
+    ApiToken,
+    Inbox,
+    Membership,
+    Message,
+    Notification,
+    Room,
+    ServiceKey,
+    Webhook,
+)
 
 IN_CHUNK = 1000  # ids per IN (...) list: SQLite caps the parameters of one statement
 
@@ -84,6 +93,13 @@ async def alast_seq(room_id: int) -> int:
     return value
 
 
+async def aonline_users(room: Room) -> list[str]:
+    """The usernames with a socket subscribed to the room now (realtime/presence.py)."""
+    from realtime.presence import get_presence  # the domain reads presence, never the reverse
+
+    return await get_presence().online(room.pk)
+
+
 async def astale_credentials(
     passwords: dict[Any, str], token_ids: set[int]
 ) -> tuple[set[Any], set[Any], set[int]]:
@@ -107,3 +123,24 @@ async def astale_credentials(
         )
         revoked.update([pk async for pk in ended.values_list("pk", flat=True)])
     return gone, new_password, revoked
+
+
+async def awebhooks_for_user(user: User) -> list[Webhook]:
+    """The user's webhooks, oldest first."""
+    return [hook async for hook in Webhook.objects.filter(user_id=user.pk).order_by("pk")]
+
+
+async def anotifications_after(user_id: Any, after: int, limit: int) -> list[dict[str, Any]]:
+    """Up to `limit` of the user's notification frames with seq > after, in seq order."""
+    return [n.to_frame() async for n in Notification.objects.page_after(user_id, after, limit)]
+
+
+async def anotification_counts(user_id: Any) -> tuple[int, int]:
+    """The user's newest notification seq and their unread count, read fresh."""
+    inbox = await Inbox.objects.filter(user_id=user_id).afirst()
+    return (inbox.last_seq, inbox.unread) if inbox is not None else (0, 0)
+
+
+async def aservice_for_key(raw: str) -> ServiceKey | None:
+    """The live service key with this raw value, or None."""
+    return await ServiceKey.objects.afor_raw(raw)
