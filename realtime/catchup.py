@@ -21,11 +21,11 @@ from django.db import DatabaseError
 
 from realtime import protocol
 from realtime.deadlines import db
-from realtime.groups import room_group
+from realtime.groups import room_group, user_group
 from realtime.layer import Subscription
 from realtime.tasks import spawn
 from realtime.wire import Writer
-from web.access import alast_seq, amessages_after
+from web.access import alast_seq, amessages_after, anotification_counts, anotifications_after
 
 if TYPE_CHECKING:  # for hints only: sockets reach models through access helpers and actions
     from web.models import Room
@@ -69,6 +69,10 @@ class Stream:
     async def page(self, after: int, limit: int) -> list[dict[str, Any]]:
         """Up to `limit` frames with seq > `after`, in seq order."""
         raise NotImplementedError
+
+    def resync_frame(self) -> dict[str, Any]:
+        """What tells the client to subscribe again with `since` (see Follower.resync)."""
+        return {"type": "resync", "room": self.name, "last_seq": self.sub.last_sent}
 
     async def start(self, since: int | None) -> int:
         """Join, then send what came after `since` (None: nothing old); the last seq."""
@@ -157,3 +161,39 @@ class RoomStream(Stream):
 
     async def page(self, after: int, limit: int) -> list[dict[str, Any]]:
         return await amessages_after(self.room, after, limit)
+
+
+class NotificationStream(Stream):
+    """The user's notifications, on the user's group: followed by every socket from connect."""
+
+    __slots__ = ("user_id",)
+
+    def __init__(self, follower: Follower, user_id: Any):
+        super().__init__(follower, user_group(user_id))
+        self.user_id = user_id
+
+    @property
+    def name(self) -> str:
+        return "notifications"
+
+    async def last_seq(self) -> int:
+        last_seq, _unread = await anotification_counts(self.user_id)
+        return last_seq
+
+    async def page(self, after: int, limit: int) -> list[dict[str, Any]]:
+        return await anotifications_after(self.user_id, after, limit)
+
+    def resync_frame(self) -> dict[str, Any]:
+        return {"type": "resync", "notifications": True, "last_seq": self.sub.last_sent}
+
+    async def follow(self, since: int | None, *, ack: bool = False, ref: str | None = None) -> None:
+        """Start (see Stream.start), answer `notifications_subscribed` if asked, go live."""
+        try:
+            last_seq = await self.start(since)
+        except BaseException:
+            self.stop()
+            raise
+        if ack:
+            frame = {"type": "notifications_subscribed", "ref": ref, "last_seq": last_seq}
+            await self.follower.send(protocol.dumps(frame))
+        await self.go_live()

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
 from channels.consumer import get_handler_name
+from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
@@ -21,9 +22,10 @@ from redis.exceptions import RedisError
 
 from realtime import limits, protocol, publisher, recheck
 from realtime.auth import still_signed_in
-from realtime.catchup import RoomStream, Stream
+from realtime.catchup import NotificationStream, RoomStream, Stream
 from realtime.deadlines import db, sweep_connections
 from realtime.groups import room_group, user_group
+from realtime.presence import get_presence, new_origin, presence_frame, unread_frame
 from realtime.protocol import (
     Command,
     Ping,
@@ -37,7 +39,7 @@ from realtime.protocol import (
 from realtime.tasks import spawn
 from realtime.wire import writer_for
 from web.access import aget_room_for_user
-from web.actions import Outgoing, do_typing
+from web.actions import Outgoing, do_read, do_typing
 from web.errors import ApiError, Forbidden, NotFound, RateLimited
 
 if TYPE_CHECKING:  # for hints only: sockets reach models through access helpers and actions
@@ -52,6 +54,7 @@ CLOSE_TOO_SLOW = 4002  # could not keep up; reconnect and resume with `since`
 
 # Not a database call: a blocking Redis PUBLISH, so off the event loop.
 send_typing = sync_to_async(do_typing, thread_sensitive=False)
+mark_read = database_sync_to_async(do_read)
 
 
 class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is untyped
@@ -84,6 +87,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         # Rooms this socket was let into, by slug: publishing is not a query per message.
         self.rooms: dict[str, Room] = {}
         self.counted = False
+        self.notifications: NotificationStream | None = None
         # Set once the server closes the socket: frames still arriving are not acted on.
         self.closed = False
         if user is None or not user.is_authenticated:
@@ -107,6 +111,9 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         self.layer = get_channel_layer()
         try:
             await self.layer.listen(user_group(user.pk), self)
+            # Live from now, with no subscribe: one query (the newest seq).
+            self.notifications = NotificationStream(self, user.pk)
+            await self.notifications.follow(None)
         except Exception:
             logger.warning("cannot follow user events; closing the socket", exc_info=True)
             await self.close(code=1011)
@@ -136,6 +143,9 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
     def _release(self) -> None:
         for group in list(getattr(self, "subs", {})):
             self._drop(group)
+        notifications = getattr(self, "notifications", None)
+        if notifications is not None:
+            notifications.stop()
         if getattr(self, "counted", False):
             self.counted = False
             limits.disconnect(self.user.pk)
@@ -235,11 +245,17 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             )
         )
         await stream.go_live()
+        # After going live, so no diff sent after it is missed; one sent before it is in it.
+        online = await get_presence().enter(self, room.pk, room.slug, self.user.get_username())
+        await self.send(protocol.dumps(presence_frame(room.slug, online)))
 
     async def typing(self, command: Typing) -> None:
-        if not await self.limits.allow_typing():
-            raise RateLimited("too many typing notices; slow down")
-        await send_typing(self.user, await self._room(command.room))
+        room = await self._room(command.room)
+        # Extra notices are dropped, not refused: clients send one per burst of keystrokes.
+        if await self.limits.allow_typing() and await limits.allow_typing_notice(
+            self.user.pk, room.pk
+        ):
+            await send_typing(self.user, room)
 
     async def unsubscribe(self, command: Unsubscribe) -> None:
         stream = next((e for e in self.subs.values() if e.room.slug == command.room), None)
@@ -250,10 +266,21 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         )
 
     async def read(self, command: Read) -> None:
-        raise NotImplementedError  # TODO(read state): being built
+        """Move the read marker; this socket's answer carries the ref, the user's other
+        sockets get the same `unread` frame through `unread_changed`."""
+        if getattr(self, "origin", None) is None:
+            self.origin = new_origin()
+        room = await self._room(command.room)
+        state = await db(mark_read(self.user, room, command.seq, self.origin))
+        await self.send(
+            protocol.dumps(unread_frame(state.room, state.unread, state.last_read_seq, command.ref))
+        )
 
     async def subscribe_notifications(self, command: SubscribeNotifications) -> None:
-        raise NotImplementedError  # TODO(notifications): being built
+        if self.notifications is not None:
+            self.notifications.stop()  # restarts from the new `since`
+        self.notifications = NotificationStream(self, self.user.pk)
+        await self.notifications.follow(command.since, ack=True, ref=command.ref)
 
     # User events, from the channel layer: named after the event type, they only send or close.
 
@@ -282,6 +309,11 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             except DatabaseError:
                 # Cannot tell now: stop sending it; the client resubscribes (access checked).
                 await self.resync(stream)
+
+    async def unread_changed(self, event: dict[str, Any]) -> None:
+        if event.get("origin") is None or event["origin"] != getattr(self, "origin", None):
+            frame = unread_frame(event["room"], event["count"], event["last_read_seq"])
+            await self.send(protocol.dumps(frame))
 
     async def session_ended(self, event: dict[str, Any]) -> None:
         session_key, token_ids = event.get("session_key"), event.get("token_ids")
@@ -313,13 +345,10 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             await self.close(code=CLOSE_TOO_SLOW)
 
     async def resync(self, stream: Stream) -> None:
-        """Stop following a room and tell the client to subscribe again with `since`."""
+        """Stop following a stream and tell the client to subscribe again with `since`."""
         self._drop(stream.sub.group)
-        await self.send(
-            protocol.dumps(
-                {"type": "resync", "room": stream.name, "last_seq": stream.sub.last_sent}
-            )
-        )
+        stream.stop()  # the notification stream is not in subs
+        await self.send(protocol.dumps(stream.resync_frame()))
 
     # Helpers.
 
@@ -340,3 +369,4 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         stream = self.subs.pop(group, None)
         if stream is not None:
             stream.stop()
+            get_presence().exit(self, stream.room.pk, self.user.get_username())

@@ -59,6 +59,43 @@ def send_typing(room_id: int, room_slug: str, username: str) -> None:
     send_on_commit((room_group(room_id), event))
 
 
+def send_presence(changes: Sequence[tuple[int, str, list[str], list[str]]]) -> None:
+    """Tell rooms' in-sync subscribers who joined and who left (room id, slug, joined, left):
+    one frame per room, not stored, no seq."""
+    send_on_commit(
+        *(
+            (
+                room_group(room_id),
+                {
+                    "type": "room.presence",
+                    "room_id": room_id,
+                    "seq": EPHEMERAL,
+                    "text": orjson.dumps(
+                        {"type": "presence", "room": slug, "joined": joined, "left": left}
+                    ).decode(),
+                },
+            )
+            for room_id, slug, joined, left in changes
+        )
+    )
+
+
+def send_unread(
+    user_id: Any, room_id: int, slug: str, count: int, last_read_seq: int, origin: str | None
+) -> None:
+    """Tell the user's sockets their read marker moved (`unread.changed`); `origin`, the
+    socket that asked, has answered itself."""
+    event = {
+        "type": "unread.changed",
+        "room_id": room_id,
+        "room": slug,
+        "count": count,
+        "last_read_seq": last_read_seq,
+        "origin": origin,
+    }
+    send_on_commit((user_group(user_id), event))
+
+
 def send_room_revoked(user_id: Any, room_id: int, slug: str) -> None:
     """Tell the user's sockets they lost access to a room (`room.revoked`)."""
     send_on_commit(
@@ -77,6 +114,36 @@ def send_session_ended(
 def send_user_changed(user_id: Any) -> None:
     """Ask the user's sockets to check their credentials again (`user.changed`)."""
     send_on_commit((user_group(user_id), {"type": "user.changed"}))
+
+
+def send_notifications(notifications: Sequence[tuple[Any, int, dict[str, Any]]]) -> None:
+    """Push stored notifications (user id, seq, frame) to their users' sockets, each user's
+    in seq order. With `seq` and the ready `text`, the layer's fan-out writes them to
+    in-sync sockets like a room's messages; a socket behind catches up from the database."""
+    send_on_commit(
+        *(
+            (
+                user_group(user_id),
+                {
+                    "type": "notification.created",
+                    "seq": seq,
+                    "text": orjson.dumps(frame).decode(),
+                },
+            )
+            for user_id, seq, frame in sorted(notifications, key=lambda n: (n[0], n[1]))
+        )
+    )
+
+
+def send_notifications_read(user_id: Any, up_to: int, unread: int) -> None:
+    """Tell the user's sockets (those following notifications live) how far they have read.
+
+    Not stored, so EPHEMERAL: a socket that is catching up skips it, and reads the count
+    from GET /api/me if it needs it.
+    """
+    frame = {"type": "notifications_read", "up_to": up_to, "unread": unread}
+    event = {"type": "notifications.read", "seq": EPHEMERAL, "text": orjson.dumps(frame).decode()}
+    send_on_commit((user_group(user_id), event))
 
 
 def send_on_commit(*items: Event) -> None:

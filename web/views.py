@@ -14,6 +14,8 @@ from web.access import (
     aget_room_for_user,
     amessages_after,
     amessages_before,
+    anotification_counts,
+    aonline_users,
     arooms_for_user,
     room_json,
 )
@@ -35,7 +37,8 @@ MAX_SEQ = 2**63 - 1
 @ensure_csrf_cookie
 @api_view("GET")
 async def me(request: HttpRequest, user: Any) -> HttpResponse:
-    return json_response({"username": user.get_username()})
+    _last_seq, unread = await anotification_counts(user.pk)
+    return json_response({"username": user.get_username(), "notifications_unread": unread})
 
 
 @api_view("GET", "POST")
@@ -106,6 +109,12 @@ async def mark_read(request: HttpRequest, user: Any, slug: str) -> HttpResponse:
         raise BadRequest("seq must be an integer")
     marker = await sync_to_async(actions.do_mark_read)(user, room, seq)
     return json_response({"room": room.slug, "last_read_seq": marker})
+
+
+@api_view("GET")
+async def presence(request: HttpRequest, user: Any, slug: str) -> HttpResponse:
+    room = await aget_room_for_user(user, slug)
+    return json_response({"room": room.slug, "online": await aonline_users(room)})
 
 
 async def healthz(request: HttpRequest) -> HttpResponse:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from realtime import events
+from web.actions import notifications
 from web.errors import ApiError, BadRequest, Conflict, Forbidden, NotFound, TooLarge
 from web.models import (
     TOKEN_PREFIX,
@@ -165,12 +167,25 @@ def do_send_messages(batch: Sequence[Outgoing]) -> list[SentMessage | ApiError]:
             [Membership(user_id=user_id, room_id=room_id) for user_id, room_id in joining],
             ignore_conflicts=True,
         )
-    stored = Message.objects.store_batch(
-        [
-            Draft(batch[i].room.pk, batch[i].sender.pk, batch[i].body, batch[i].client_msg_id)
-            for i in valid
-        ]
-    )
+    # Mentions are stored in the messages' transaction (store_batch alone commits by itself
+    # on PostgreSQL): a message is never stored without them, nor they without it. Only a
+    # batch with an "@" pays for the longer transaction.
+    mentioning = any("@" in batch[i].body for i in valid)
+    with transaction.atomic() if mentioning else nullcontext():
+        stored = Message.objects.store_batch(
+            [
+                Draft(batch[i].room.pk, batch[i].sender.pk, batch[i].body, batch[i].client_msg_id)
+                for i in valid
+            ]
+        )
+        if mentioning:
+            notifications.do_notify_mentions(
+                [
+                    (batch[i].room, batch[i].sender, found[0])
+                    for i, found in zip(valid, stored, strict=True)
+                    if isinstance(found, tuple) and found[1]
+                ]
+            )
     created: list[tuple[int, int, dict[str, Any]]] = []
     for i, found in zip(valid, stored, strict=True):
         out = batch[i]
@@ -191,16 +206,39 @@ def do_send_messages(batch: Sequence[Outgoing]) -> list[SentMessage | ApiError]:
     return [r for r in results if r is not None]
 
 
+@dataclass(frozen=True)
+class ReadState:
+    room: str
+    last_read_seq: int
+    unread: int  # the room's last seq minus the marker: seqs are gap-free
+
+
 def do_mark_read(user: User, room: Room, seq: int) -> int:
     """Move the user's read marker forward (never back) and return it."""
+    return do_read(user, room, seq).last_read_seq
+
+
+def do_read(user: User, room: Room, seq: int, origin: str | None = None) -> ReadState:
+    """Move the user's read marker forward (never back; past the room's last seq is its
+    last seq) and, if it moved, tell the user's sockets but `origin` (the asking socket)."""
     if seq < 0:
         raise BadRequest("seq must be >= 0")
-    seq = min(seq, room.last_seq)
-    membership, _ = Membership.objects.get_or_create(user=user, room=room)
-    if seq > membership.last_read_seq:
-        Membership.objects.filter(pk=membership.pk, last_read_seq__lt=seq).update(last_read_seq=seq)
-        membership.last_read_seq = seq
-    return membership.last_read_seq
+    with transaction.atomic():
+        # Fresh, not the caller's `room`: a socket keeps the rooms it checked for a while.
+        last_seq = Room.objects.filter(pk=room.pk).values_list("last_seq", flat=True).first()
+        if last_seq is None:
+            raise NotFound(f"no room {room.slug!r}")
+        seq = min(seq, last_seq)
+        membership, _ = Membership.objects.get_or_create(user=user, room=room)
+        mine = Membership.objects.filter(pk=membership.pk)
+        moved = seq > membership.last_read_seq and mine.filter(last_read_seq__lt=seq).update(
+            last_read_seq=seq
+        )
+        marker = seq if moved else mine.values_list("last_read_seq", flat=True).get()
+        unread = max(last_seq - marker, 0)
+        if moved:
+            events.send_unread(user.pk, room.pk, room.slug, unread, marker, origin)
+    return ReadState(room.slug, marker, unread)
 
 
 def do_issue_token(username: str, *, create: bool = False, name: str = "") -> str:
