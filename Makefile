@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint bench services browsers clean
+.PHONY: run worker beat test lint bench services browsers clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is required"; exit 1; }
@@ -21,6 +21,18 @@ run: $(STAMP)
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py demo_users
 	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py runserver $(HOST):$(PORT)
+
+# The Celery worker (project/celery.py) with beat embedded (-B: the periodic chores), for local
+# use: it needs a broker, CELERY_BROKER_URL or REDIS_URL (without one `make run` runs tasks
+# in-process). Production runs `make beat` once and as many workers as it needs.
+worker: $(STAMP)
+	@mkdir -p var
+	$(BIN)/celery -A project worker -B -l info
+
+# Celery beat alone: exactly one per deployment, or each chore runs once per beat.
+beat: $(STAMP)
+	@mkdir -p var
+	$(BIN)/celery -A project beat -l info
 
 # Server binaries the tests start throwaway copies of (never the machine's running ones).
 services:

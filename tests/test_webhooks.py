@@ -295,7 +295,7 @@ def test_matching_notifications_are_delivered_signed(
         "seq": 1,
         "kind": "mention",
         "payload": {"room": "general", "sender": "bob", "excerpt": "a mention"},
-        "ts": stored.created_at.isoformat(),
+        "ts": stored.to_frame()["ts"],
         "user": "alice",
     }
     t = int(request.headers["x-chat-signature"].split(",")[0].removeprefix("t="))

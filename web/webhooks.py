@@ -87,16 +87,9 @@ def _deliver_here(delivery_ids: list[int]) -> None:
 
 def body(notification: Notification) -> bytes:
     """The JSON a receiver gets for one notification."""
-    return orjson.dumps(
-        {
-            "id": notification.pk,
-            "seq": notification.seq,
-            "kind": notification.kind,
-            "payload": notification.payload,
-            "ts": notification.created_at.isoformat(),
-            "user": notification.user.get_username(),
-        }
-    )
+    frame = notification.to_frame()  # the websocket's notification frame, less its type
+    del frame["type"]
+    return orjson.dumps({"id": notification.pk, **frame, "user": notification.user.get_username()})
 
 
 def sign(secret: str, payload: bytes, timestamp: int) -> str:
