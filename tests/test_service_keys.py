@@ -35,7 +35,7 @@ def test_the_command_prints_a_new_key_and_nothing_else(db: None) -> None:
 
 
 def test_a_service_key_is_no_users_credential(client: Client, alice: Any) -> None:
-    auth = {"HTTP_AUTHORIZATION": f"Bearer {issue('billing').strip()}"}
+    auth: dict[str, Any] = {"HTTP_AUTHORIZATION": f"Bearer {issue('billing').strip()}"}
     assert client.get("/api/me", **auth).status_code == 401
     assert client.get("/api/rooms", **auth).status_code == 401
     assert client.get("/api/notifications", **auth).status_code == 401
