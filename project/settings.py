@@ -228,11 +228,11 @@ TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
 
-# The browser client (frontend/, docs/frontend.md), served by WhiteNoise. `collectstatic` puts
-# hashed copies in STATIC_ROOT with a manifest; once it is there, pages name the hashed files
-# and WhiteNoise serves them with far-future cache headers, so STATIC_URL may be a CDN's URL
-# (pulling from this origin). Before that (`make run`, a fresh checkout, in-process tests) the
-# files are served as they are in frontend/, with short cache times.
+# The browser client (frontend/, docs/frontend.md), served by WhiteNoise. A deployment runs
+# `STATIC_HASHED=1 manage.py collectstatic`: hashed copies and a manifest in STATIC_ROOT. Once
+# the manifest is there pages name the hashed files and WhiteNoise serves them with far-future
+# cache headers, so STATIC_URL may be a CDN's URL (pulling from this origin). Before that
+# (`make run`, a fresh checkout, in-process tests) frontend/ is served as it is, cached briefly.
 STATIC_URL = env.str("STATIC_URL", default="/static/")
 STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(BASE_DIR / "var" / "static")))
 STATICFILES_DIRS = [BASE_DIR / "frontend"]

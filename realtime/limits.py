@@ -9,10 +9,15 @@ REDIS_URL, one cap and one budget for the whole cluster, kept in Redis
 (realtime/cluster_limits.py). Without REDIS_URL, and while Redis does not answer, they are
 this process's own, counted like the connection's: with K processes a user then gets up to
 K times the per-user budget and cap. Each connection is held to its own limits always.
+
+Typing notices are also throttled per user and room (`allow_typing_notice`): one relayed per
+TYPING_INTERVAL_SECONDS, the others dropped without an error (a client sends one per
+keystroke burst; refusing those would be noise, not flood control).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -84,6 +89,7 @@ async def connect(user_id: object) -> UserState | None:
         return None
     # Counted before Redis is asked, so connections racing in here see it.
     state.connections += 1
+    get_process().presence.connected(user_id)  # when users were last seen (web/activity.py)
     shared = get_cluster_limits()
     if shared is None:
         return state
@@ -96,6 +102,33 @@ async def connect(user_id: object) -> UserState | None:
         _uncount(user_id, state)
         return None
     return state  # seated, or Redis did not answer and this process's count decided
+
+
+TYPING_KEPT = 10_000  # (user, room) entries of the per-process typing check before a prune
+
+
+async def allow_typing_notice(user_id: object, room_id: int) -> bool:
+    """Whether to relay this typing notice: at most one per TYPING_INTERVAL_SECONDS per user
+    and room. This process's memory first (no round trip for the notices it already saw);
+    then, with REDIS_URL, the cluster's (the `limits` package's moving window, in Redis), so
+    two tabs on two pods relay one. While Redis does not answer, this process's decides."""
+    interval: float = settings.TYPING_INTERVAL_SECONDS
+    sent = get_process().typing_sent
+    now, key = time.monotonic(), (user_id, room_id)
+    if now - sent.get(key, -interval) < interval:
+        return False
+    shared = get_cluster_limits()
+    # The package's windows are whole seconds: the interval is rounded up to one.
+    if (
+        shared is not None
+        and await shared.hit(f"typing:{room_id}", user_id, 1 / interval, 1) is False
+    ):
+        return False
+    if len(sent) >= TYPING_KEPT:
+        for old in [k for k, at in sent.items() if now - at >= interval]:
+            del sent[old]
+    sent[key] = now
+    return True
 
 
 def disconnect(user_id: object) -> None:
@@ -111,6 +144,7 @@ def disconnect(user_id: object) -> None:
 
 def _uncount(user_id: object, state: UserState) -> None:
     state.connections -= 1
+    get_process().presence.disconnected(user_id)
     if state.connections <= 0:
         get_process().users.pop(user_id, None)  # nothing kept for users with no connection
 

@@ -1,8 +1,8 @@
 """What one server process keeps, in one object: made on first use, closed at shutdown.
 
-The process's publisher (realtime/publisher.py), its background tasks, the
-periodic credential recheck, the database sweep, its users' limits and the
-client of the shared limits live here rather than in module globals; the
+The process's publisher (realtime/publisher.py), its presence (realtime/presence.py),
+its background tasks, the periodic credential recheck, the database sweep, its users'
+limits and the client of the shared limits live here rather than in module globals; the
 channel layer (realtime/layer.py: groups, subscriptions, Redis connections) is
 the other per-process object, which Channels keeps. The ASGI lifespan's
 shutdown (`lifespan` below, routed in project/asgi.py) closes both: uvicorn
@@ -17,6 +17,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from realtime.presence import Presence
     from realtime.publisher import Publisher
 
 logger = logging.getLogger(__name__)
@@ -26,18 +27,26 @@ SHUTDOWN_WAIT = 5.0  # seconds the background tasks get to finish at shutdown
 
 class Process:
     def __init__(self) -> None:
-        from realtime.publisher import Publisher  # it uses get_process() itself
+        from realtime.presence import Presence  # they use get_process() themselves
+        from realtime.publisher import Publisher
 
         self.publisher: Publisher = Publisher()
+        # Who is online in which room: this process's sockets, heartbeats, batched diffs.
+        self.presence: Presence = Presence()
         self.tasks: set[asyncio.Task[Any]] = set()  # see realtime/tasks.py
         self.recheck: asyncio.Task[None] | None = None  # realtime/recheck.py
         self.sweep: asyncio.Task[None] | None = None  # realtime/deadlines.py
         self.users: dict[object, Any] = {}  # user id -> limits.UserState, while connected here
         self.cluster_limits: Any = None  # cluster_limits.ClusterLimits, with REDIS_URL
+        # (user id, room id) -> when this process last relayed their typing (limits.py)
+        self.typing_sent: dict[tuple[object, int], float] = {}
 
     async def close(self) -> None:
         """Cancel the background tasks of the running loop and wait for them, bounded."""
         loop = asyncio.get_running_loop()
+        # Its members leave Redis now, not at their expiry (bounded; its loop is a task).
+        with contextlib.suppress(Exception):
+            await self.presence.aclose()
         mine = [t for t in self.tasks if t.get_loop() is loop and t is not asyncio.current_task()]
         for task in mine:
             task.cancel()

@@ -1,11 +1,116 @@
-"""When users last had a socket open (presence's heartbeats keep it), for chores like emails."""
+"""When users last had a socket open (presence's heartbeats keep it), for chores like emails.
+
+With REDIS_URL, realtime/presence.py writes, for each user with a socket in a process,
+`chat:seen:<user id>`: a sorted set of processes scored with the time (ms, Redis' clock)
+they stop vouching for the user, renewed every PRESENCE_HEARTBEAT_SECONDS; and the
+user's last time in the hash `chat:lastseen` (at every heartbeat, and when the process's
+last socket of the user closes). So a worker process (a Celery task) reads Redis, not
+any server's memory; a process killed without a goodbye stops vouching after
+PRESENCE_TTL_SECONDS and the user's last heartbeat is what remains. Without REDIS_URL
+the one process keeps the same in memory (`LOCAL`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from django.conf import settings
+
+LAST_SEEN_KEY = "chat:lastseen"
+SEEN_PREFIX = "chat:seen:"
+
+# Millisecond time from Redis' own clock, so the processes' clocks do not matter.
+NOW_MS = "local t = redis.call('TIME')\nlocal now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
+
+# KEYS[1]: the last-seen hash. ARGV: ttl ms, this process, user ids with a socket here.
+SEEN = (
+    NOW_MS
+    + """
+for i = 3, #ARGV do
+    local key = 'chat:seen:' .. ARGV[i]
+    redis.call('ZADD', key, now + tonumber(ARGV[1]), ARGV[2])
+    redis.call('PEXPIRE', key, ARGV[1])
+    redis.call('HSET', KEYS[1], ARGV[i], now)
+end
+return 0
+"""
+)
+
+# KEYS[1]: the last-seen hash. ARGV: this process, user ids whose last socket here closed.
+SEEN_LEAVE = (
+    NOW_MS
+    + """
+for i = 2, #ARGV do
+    redis.call('ZREM', 'chat:seen:' .. ARGV[i], ARGV[1])
+    redis.call('HSET', KEYS[1], ARGV[i], now)
+end
+return 0
+"""
+)
+
+# KEYS[1]: the last-seen hash. ARGV: user ids. Each one's time in ms, now if a process
+# still vouches for it, false when never seen.
+LAST_SEEN = (
+    NOW_MS
+    + """
+local out = {}
+for i = 1, #ARGV do
+    if redis.call('ZCOUNT', 'chat:seen:' .. ARGV[i], now, '+inf') > 0 then
+        out[i] = now
+    else
+        out[i] = redis.call('HGET', KEYS[1], ARGV[i])
+    end
+end
+return out
+"""
+)
+
+
+class LocalSeen:
+    """The same, in this process's memory (no REDIS_URL)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # written on the event loop, read from other threads
+        self.open: set[Any] = set()
+        self.last: dict[Any, float] = {}
+
+    def seen(self, user_ids: Iterable[Any], *, still_open: bool) -> None:
+        now = time.time()
+        with self.lock:
+            for user_id in user_ids:
+                self.last[user_id] = now
+                if still_open:
+                    self.open.add(user_id)
+                else:
+                    self.open.discard(user_id)
+
+    def read(self, user_ids: Sequence[int]) -> dict[int, float | None]:
+        now = time.time()
+        with self.lock:
+            return {u: now if u in self.open else self.last.get(u) for u in user_ids}
+
+
+LOCAL = LocalSeen()
+_clients: dict[str, Any] = {}  # by REDIS_URL: a pooled client for any thread
 
 
 def last_seen(user_ids: Sequence[int]) -> dict[int, float | None]:
     """Unix time each user last had an open socket (now if one is open); None: not known."""
-    # TODO(presence): being built
-    return dict.fromkeys(user_ids)
+    if not user_ids:
+        return {}
+    if not settings.REDIS_URL:
+        return LOCAL.read(user_ids)
+    url = str(settings.REDIS_URL)
+    client = _clients.get(url)
+    if client is None:
+        from realtime import redis_clients  # the timeouts of every Redis client, in one place
+
+        client = _clients[url] = redis_clients.publisher(url)
+    answers = client.eval(LAST_SEEN, 1, LAST_SEEN_KEY, *user_ids)
+    return {
+        user_id: None if ms is None else int(ms) / 1000
+        for user_id, ms in zip(user_ids, answers, strict=True)
+    }
