@@ -57,8 +57,9 @@ def new_origin() -> str:
 class Presence:
     """This process's sockets per room and user, their heartbeats, and the batched diffs."""
 
-    def __init__(self, process_id: str = PROCESS_ID) -> None:
+    def __init__(self, process_id: str = PROCESS_ID, *, background: bool = True) -> None:
         self.process_id = process_id
+        self.background = background  # False: the owner calls tick() (tests, benchmarks)
         self.store: Store | None = None  # made on first use, on the loop that uses it
         # Without REDIS_URL; its last-seen times are those web/activity.py reads.
         self.memory = MemoryStore(activity.LOCAL)
@@ -130,7 +131,7 @@ class Presence:
     # The background loop: leaves, heartbeats, flushes.
 
     def _start(self) -> None:
-        if self.loop_task is None or self.loop_task.done():
+        if self.background and (self.loop_task is None or self.loop_task.done()):
             from realtime.tasks import spawn  # realtime.tasks imports the process, which has us
 
             self.loop_task = spawn(self._run_forever(), name="presence")

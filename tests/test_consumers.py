@@ -74,6 +74,7 @@ class Socket:
         while not await self.comm.receive_nothing(timeout=0.2):
             frame = orjson.loads(await self.comm.receive_from(timeout=3))
             if self.presence or frame.get("type") != "presence":
+                self.pending.append(frame)  # for the next recv
                 return False
         return True
 
