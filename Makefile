@@ -38,6 +38,7 @@ beat: $(STAMP)
 services:
 	@command -v redis-server >/dev/null 2>&1 || { apt-get update -q && apt-get install -yq redis-server; }
 	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { apt-get update -q && apt-get install -yq postgresql; }
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -q && apt-get install -yq chromium; }  # tests/browser/
 
 test: $(STAMP) services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

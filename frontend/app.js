@@ -49,6 +49,7 @@ async function openRoom(slug) {
   const room = rooms.get(slug);
   rooms.setCurrent(slug);
   setText(byId("room-title"), room.title || slug);
+  byId("room-title").dataset.room = slug;
   document.title = `${room.title || slug} · chat`;
   byId("members").hidden = !room.private;
   closeSidebar();
