@@ -44,6 +44,9 @@ class WsClient:
         self.conn = conn
         self.name = name
         self.frames: list[Frame] = []
+        # Presence frames (who is online) come on every subscribe and whenever someone joins
+        # or leaves: kept apart, so tests of something else see the frames they are about.
+        self.presence: list[Frame] = []
         self.arrived: list[float] = []  # time.monotonic() of each frame's arrival
         self.by_ref: dict[str, Frame] = {}
         self.close_code: int | None = None
@@ -91,6 +94,10 @@ class WsClient:
             async for raw in self.conn:
                 frame = json.loads(raw)
                 async with self._arrived:
+                    if frame.get("type") == "presence":
+                        self.presence.append(frame)
+                        self._arrived.notify_all()
+                        continue
                     self.frames.append(frame)
                     self.arrived.append(time.monotonic())
                     ref = frame.get("ref")
@@ -147,6 +154,22 @@ class WsClient:
                 f"{self.name}: connection closed ({self.close_code}) before the frame came; "
                 f"last frames: {self.frames[-5:]}"
             )
+        return found[0]
+
+    async def wait_for_presence(
+        self, match: Callable[[Frame], bool], *, within: float = WAIT
+    ) -> Frame:
+        """The first presence frame that matches, waiting for it if needed."""
+        found: list[Frame] = []
+
+        def ready() -> bool:
+            found[:] = [f for f in self.presence if match(f)][:1]
+            return bool(found) or self.closed.is_set()
+
+        async with asyncio.timeout(within), self._arrived:
+            await self._arrived.wait_for(ready)
+        if not found:
+            raise AssertionError(f"{self.name}: closed before the presence frame came")
         return found[0]
 
     async def reply(self, ref: str, *, within: float = WAIT) -> Frame:
