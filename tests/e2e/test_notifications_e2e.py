@@ -78,7 +78,7 @@ async def test_notify_is_idempotent_across_pods(
     )
     later = await Http(pod_b.url, token=key).post("/api/notify", request)
     for answer in [*answers, later]:
-        assert answer.status == 200, answer.text()
+        assert answer.status == 200, answer.text
         assert answer.json() == {"notified": 1, "unknown": ["nobody-here"]}
 
     live = await bob.wait_for(lambda f: f["type"] == "notification" and f["kind"] == kind)
