@@ -188,3 +188,16 @@ def test_older_history_loads_on_scroll_up_with_no_gap_and_no_duplicate(
     wait_until(scrolled_to_the_start, what="the first message after scrolling up")
     assert bob.seqs() == list(range(1, total + 1))
     assert [body for _, body in bob.messages()] == [f"n{n}" for n in range(1, total + 1)]
+
+
+def test_a_mention_rings_bobs_bell_with_a_toast_and_the_list(person: Any, room: str) -> None:
+    alice, bob = person("alice"), person("bob")
+    alice.open_room(room)
+    alice.send("@bob look at this")
+    bell = bob.page.locator("#bell")
+    expect(bell).to_contain_text("1 unread")
+    expect(bob.page.locator("#toasts")).to_contain_text("alice mentioned you")
+    bell.click()
+    expect(bob.page.locator("#notifications-list")).to_contain_text("@bob look at this")
+    # Opening the list reads it.
+    expect(bell).not_to_contain_text("unread")
