@@ -63,6 +63,35 @@ def test_each_user_gets_gap_free_seqs_in_order(alice: Any, bob: Any) -> None:
     assert Inbox.objects.get(user=alice).last_seq == 3
 
 
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_bulk_notifies_keep_seqs_gap_free_without_deadlocks(
+    alice: Any, bob: Any, charlie: Any
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connections
+
+    orders = [[alice.pk, bob.pk, charlie.pk], [charlie.pk, bob.pk, alice.pk]]
+
+    def run(users: list[Any]) -> None:
+        try:
+            for _ in range(40):
+                notify(users)
+        finally:
+            connections.close_all()
+
+    # Opposite orders at once: locks taken in the given order would deadlock.
+    with ThreadPoolExecutor(6) as pool:
+        for future in [pool.submit(run, orders[i % 2]) for i in range(6)]:
+            future.result()
+    for user in (alice, bob, charlie):
+        seqs = list(
+            Notification.objects.filter(user=user).order_by("seq").values_list("seq", flat=True)
+        )
+        assert seqs == list(range(1, 241))
+        assert Inbox.objects.get(user=user).last_seq == 240
+
+
 # --- Mentions -------------------------------------------------------------------------------
 
 
