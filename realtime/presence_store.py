@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from web import activity
 
-PREFIX = "chat:presence:"
+PREFIX = activity.PRESENCE_PREFIX
 
 # KEYS: the room's set and hash. ARGV: ttl ms, "1" to return the online users, members to
 # add or re-score. Returns {joined, left, online}.
@@ -70,20 +70,6 @@ end
 return left
 """
 
-# KEYS: the room's set. The users with a member not expired (a read: it sweeps nothing).
-ONLINE = (
-    activity.NOW_MS
-    + """
-local users = {}
-for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')) do
-    users[string.sub(m, string.find(m, '|', 1, true) + 1)] = true
-end
-local list = {}
-for u in pairs(users) do table.insert(list, u) end
-return list
-"""
-)
-
 Changes = tuple[list[str], list[str]]  # joined, left
 
 
@@ -117,7 +103,7 @@ class RedisStore:
         self.redis = redis
         self.join_script = redis.register_script(JOIN)
         self.leave_script = redis.register_script(LEAVE)
-        self.online_script = redis.register_script(ONLINE)
+        self.online_script = redis.register_script(activity.ONLINE)
         self.seen_script = redis.register_script(activity.SEEN)
         self.seen_leave_script = redis.register_script(activity.SEEN_LEAVE)
 
@@ -187,7 +173,7 @@ class MemoryStore:
 
     def __init__(self, seen: activity.LocalSeen):
         self.members: dict[int, dict[str, float]] = {}
-        self.counts: dict[int, dict[str, int]] = {}
+        self.counts = seen.rooms  # web/activity.py's online_users reads them
         self.last_seen = seen
 
     async def join(

@@ -131,14 +131,14 @@ async def test_joins_in_one_window_go_out_as_one_frame_per_room(
     tracker = Presence("p1", background=False)
     sockets = [object() for _ in range(200)]
     for i, socket in enumerate(sockets):
-        await tracker.enter(socket, 7, "big", f"user{i:03}")
+        await tracker.enter(socket, -7, "big", f"user{i:03}")
     # One who came and went within the window is reported by where they are now: gone.
-    tracker.exit(sockets[0], 7, "user000")
+    tracker.exit(sockets[0], -7, "user000")
     await tracker.tick()
     assert len(sent) == 1
     assert len(sent[0]) == 1
     change = sent[0][0]
-    assert change.room_id == 7
+    assert change.room_id == -7
     assert change.slug == "big"
     assert change.joined == [f"user{i:03}" for i in range(1, 200)]
     assert change.left == ["user000"]

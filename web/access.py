@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.db.models import Exists, OuterRef, Subquery
 
+from web import activity
 from web.errors import Forbidden, NotFound
 from web.models import (
     ApiToken,
@@ -94,10 +97,10 @@ async def alast_seq(room_id: int) -> int:
 
 
 async def aonline_users(room: Room) -> list[str]:
-    """The usernames with a socket subscribed to the room now (realtime/presence.py)."""
-    from realtime.presence import get_presence  # the domain reads presence, never the reverse
-
-    return await get_presence().online(room.pk)
+    """The usernames with a socket subscribed to the room now (kept by realtime/presence.py)."""
+    if not settings.REDIS_URL:
+        return activity.online_users(room.pk)  # this process's memory: no wait
+    return await sync_to_async(activity.online_users, thread_sensitive=False)(room.pk)
 
 
 async def astale_credentials(

@@ -1,4 +1,5 @@
-"""When users last had a socket open (presence's heartbeats keep it), for chores like emails.
+"""When users last had a socket open, and who is online in a room: what presence keeps
+(realtime/presence.py), read from anywhere, a worker process included.
 
 With REDIS_URL, realtime/presence.py writes, for each user with a socket in a process,
 `chat:seen:<user id>`: a sorted set of processes scored with the time (ms, Redis' clock)
@@ -19,6 +20,7 @@ from typing import Any
 
 from django.conf import settings
 
+PRESENCE_PREFIX = "chat:presence:"  # + "<room id>:m" and ":n": realtime/presence_store.py
 LAST_SEEN_KEY = "chat:lastseen"
 SEEN_PREFIX = "chat:seen:"
 
@@ -69,6 +71,21 @@ return out
 )
 
 
+# KEYS: the room's set. The users with a member not expired (a read: it sweeps nothing).
+ONLINE = (
+    NOW_MS
+    + """
+local users = {}
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')) do
+    users[string.sub(m, string.find(m, '|', 1, true) + 1)] = true
+end
+local list = {}
+for u in pairs(users) do table.insert(list, u) end
+return list
+"""
+)
+
+
 class LocalSeen:
     """The same, in this process's memory (no REDIS_URL)."""
 
@@ -76,6 +93,8 @@ class LocalSeen:
         self.lock = threading.Lock()  # written on the event loop, read from other threads
         self.open: set[Any] = set()
         self.last: dict[Any, float] = {}
+        # room id -> username -> sockets: realtime/presence_store.py's MemoryStore keeps them
+        self.rooms: dict[int, dict[str, int]] = {}
 
     def seen(self, user_ids: Iterable[Any], *, still_open: bool) -> None:
         now = time.time()
@@ -103,14 +122,27 @@ def last_seen(user_ids: Sequence[int]) -> dict[int, float | None]:
         return {}
     if not settings.REDIS_URL:
         return LOCAL.read(user_ids)
+    answers = _redis().eval(LAST_SEEN, 1, LAST_SEEN_KEY, *user_ids)
+    return {
+        user_id: None if ms is None else int(ms) / 1000
+        for user_id, ms in zip(user_ids, answers, strict=True)
+    }
+
+
+def online_users(room_id: int) -> list[str]:
+    """The usernames with a socket subscribed to the room now, sorted. Blocks on Redis (when
+    REDIS_URL is set): call it from a thread."""
+    if not settings.REDIS_URL:
+        return sorted(LOCAL.rooms.get(room_id, {}))
+    users = _redis().eval(ONLINE, 1, f"{PRESENCE_PREFIX}{room_id}:m")
+    return sorted(u.decode() if isinstance(u, bytes) else str(u) for u in users)
+
+
+def _redis() -> Any:
     url = str(settings.REDIS_URL)
     client = _clients.get(url)
     if client is None:
         from realtime import redis_clients  # the timeouts of every Redis client, in one place
 
         client = _clients[url] = redis_clients.publisher(url)
-    answers = client.eval(LAST_SEEN, 1, LAST_SEEN_KEY, *user_ids)
-    return {
-        user_id: None if ms is None else int(ms) / 1000
-        for user_id, ms in zip(user_ids, answers, strict=True)
-    }
+    return client
