@@ -65,10 +65,12 @@ audit: $(STAMP)
 		print(f"make audit: pip-audit checked {len(d) - len(s)} of {len(d)} dependencies" \
 		+ (f"; NOT AUDITED (no answer from the vulnerability service): {len(s)}" if s else ""))'
 
-# The benchmark suite on this machine's loopback; writes docs/benchmarks.md (about 15 minutes).
+# The benchmark suite on this machine's loopback; writes docs/benchmarks.md (about 15 minutes),
+# then the presence scenario (bench/presence.py: a room of 1,000 members joining) adds its table.
 # QUICK=1 is a 3-minute smoke version of the same scenarios.
 bench: $(STAMP) services
 	$(BIN)/python -m bench.run $(if $(QUICK),--quick) --command "make bench$(if $(QUICK), QUICK=1)"
+	$(BIN)/python -m bench.presence $(if $(QUICK),--members 200) --append docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) var
