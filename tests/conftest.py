@@ -28,6 +28,14 @@ postgresql_proc = pg_factories.postgresql_proc(
 redis_proc = redis_factories.redis_proc(port=None)  # type: ignore[arg-type]  # None: any free port, per its docs
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The browser tests last. Playwright's sync API (pytest-playwright's session fixtures)
+    keeps an event loop marked running in the main thread until the session ends; every
+    asyncio test collected after it would fail with "Runner.run() cannot be called from a
+    running event loop"."""
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)  # stable
+
+
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings(postgresql_proc: Any) -> None:
     from django.conf import settings
