@@ -51,7 +51,7 @@ async function openRoom(slug) {
   setText(byId("room-title"), room.title || slug);
   byId("room-title").dataset.room = slug;
   document.title = `${room.title || slug} · chat`;
-  byId("members").hidden = !room.private;
+  byId("members").hidden = !(room.private && room.owner); // adding members: owner only
   closeSidebar();
   renderPresence();
   renderTyping();

@@ -89,7 +89,7 @@ export function wireCreateRoom(rooms, onCreated) {
     const isPrivate = byId("new-room-private").checked;
     try {
       const room = await api("POST", "/api/rooms", { slug, title, private: isPrivate });
-      rooms.upsert({ ...room, member: true, unread: 0 });
+      rooms.upsert({ ...room, member: true, owner: true, unread: 0 });
       form.reset();
       onCreated(room.slug);
     } catch (failure) {

@@ -98,6 +98,7 @@ def test_it_lists_visible_rooms_with_unread_counts(
     client: Client,
     den: Room,
     alice: Any,
+    as_alice: dict[str, Any],
     as_bob: dict[str, Any],
     as_charlie: dict[str, Any],
     django_assert_num_queries: Any,
@@ -108,10 +109,13 @@ def test_it_lists_visible_rooms_with_unread_counts(
     actions.do_mark_read(alice, den, 1)
     with django_assert_num_queries(2):  # the token, then one query for all rooms
         rooms = client.get("/api/rooms", **as_bob).json()["rooms"]
-    assert [(r["slug"], r["unread"], r["last_seq"], r["member"]) for r in rooms] == [
-        ("den", 3, 3, True),
-        ("general", 0, 0, False),
+    assert [(r["slug"], r["unread"], r["last_seq"], r["member"], r["owner"]) for r in rooms] == [
+        ("den", 3, 3, True, False),
+        ("general", 0, 0, False, False),
     ]
+    # Only the owner is told they own it (the page shows them the "add a member" form).
+    rooms = client.get("/api/rooms", **as_alice).json()["rooms"]
+    assert [(r["slug"], r["owner"]) for r in rooms] == [("den", True), ("general", False)]
     # Charlie should have no access to Alice's private room: he does not even see it.
     rooms = client.get("/api/rooms", **as_charlie).json()["rooms"]
     assert [r["slug"] for r in rooms] == ["general"]

@@ -54,6 +54,7 @@ async def arooms_for_user(user: User) -> list[dict[str, Any]]:
             {
                 **room_json(room),
                 "member": room.is_member,
+                "owner": room.owner_id == user.pk,
                 # seqs are gap-free, so the unread count is a subtraction, not a COUNT(*).
                 "unread": max(room.last_seq - read, 0) if room.is_member else 0,
             }
