@@ -39,6 +39,8 @@ services:
 	@command -v redis-server >/dev/null 2>&1 || { apt-get update -q && apt-get install -yq redis-server; }
 	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { apt-get update -q && apt-get install -yq postgresql; }
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -q && apt-get install -yq chromium; }  # tests/browser/
+	@test -x /usr/sbin/haproxy || { apt-get update -q && apt-get install -yq haproxy; }  # make cluster
+	@command -v prometheus >/dev/null 2>&1 || { apt-get update -q && apt-get install -yq --no-install-recommends prometheus; }
 
 test: $(STAMP) services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -71,6 +73,22 @@ audit: $(STAMP)
 bench: $(STAMP) services
 	$(BIN)/python -m bench.run $(if $(QUICK),--quick) --command "make bench$(if $(QUICK), QUICK=1)"
 	$(BIN)/python -m bench.presence $(if $(QUICK),--members 200) --append docs/benchmarks.md
+
+# A local multi-pod cluster on loopback (docs/operations.md): PODS uvicorn pods behind HAProxy,
+# their own PostgreSQL and Redis, a Celery worker and Prometheus, started detached from
+# var/cluster/ (python -m cluster). CLUSTER_PORT is HAProxy's (default 8800).
+PODS ?= 3
+.PHONY: cluster cluster-stop cluster-status cluster-add cluster-drain cluster-kill cluster-restart
+cluster: $(STAMP) services
+	$(BIN)/python -m cluster start --pods $(PODS) $(if $(CLUSTER_PORT),--port $(CLUSTER_PORT))
+
+cluster-stop cluster-status cluster-add: $(STAMP)
+	$(BIN)/python -m cluster $(@:cluster-%=%)
+
+# POD=2: the pod's number, as `make cluster-status` lists it.
+cluster-drain cluster-kill cluster-restart: $(STAMP)
+	@test -n "$(POD)" || { echo "which pod? make $@ POD=2"; exit 2; }
+	$(BIN)/python -m cluster $(@:cluster-%=%) $(POD)
 
 clean:
 	rm -rf $(VENV) var
