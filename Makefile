@@ -50,6 +50,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
 	$(BIN)/lint-imports  # the layers of docs/architecture.md, as [tool.importlinter] contracts
+	$(BIN)/hadolint Dockerfile  # settings in .hadolint.yaml
+	$(BIN)/shellcheck deploy/entrypoint.sh
+	$(BIN)/actionlint -shellcheck $(BIN)/shellcheck .github/workflows/*.yml
 
 # Security audit: insecure code patterns (bandit; its skips and why are in pyproject.toml), then
 # known-vulnerable installed packages (pip-audit). The development and CI machines reach no
