@@ -8,13 +8,15 @@ import json
 import re
 import shlex
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = ROOT / ".venv" / "bin"
+# The virtualenv running the tests stands in for the image's /opt/venv.
+VENV_BIN = Path(sys.executable).parent
 Instruction = tuple[str, str]
 
 
