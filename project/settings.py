@@ -8,7 +8,6 @@ Kubernetes mounts them.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -100,7 +99,8 @@ TEMPLATES = [
     },
 ]
 
-if os.environ.get("DATABASE_URL"):
+# DATABASE_URL_FILE counts too: Kubernetes mounts the URL as a file (k8s/base/configmap.yaml).
+if secret("DATABASE_URL"):
     DATABASES = {"default": env.db_url("DATABASE_URL")}
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         _db_password = secret("DATABASE_PASSWORD")
