@@ -41,8 +41,22 @@ services:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -q && apt-get install -yq chromium; }  # tests/browser/
 	@test -x /usr/sbin/haproxy || { apt-get update -q && apt-get install -yq haproxy; }  # make cluster
 	@command -v prometheus >/dev/null 2>&1 || { apt-get update -q && apt-get install -yq --no-install-recommends prometheus; }
+	@command -v promtool >/dev/null 2>&1 || { apt-get update -q && apt-get install -yq --no-install-recommends prometheus; }  # tests/test_k8s.py
 
-test: $(STAMP) services
+# Tools with dependencies that clash with the app's pins, in their own venv: checkov (its
+# pins of packaging, boto3 and others would change .venv). tests/test_k8s.py runs it.
+TOOLS := .venv-tools
+$(TOOLS)/.installed-checkov-3.3.30:
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --upgrade pip
+	$(TOOLS)/bin/pip install --quiet checkov==3.3.30
+	rm -f $(TOOLS)/.installed-*
+	touch $@
+
+.PHONY: tools
+tools: $(TOOLS)/.installed-checkov-3.3.30
+
+test: $(STAMP) services tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -94,4 +108,4 @@ cluster-drain cluster-kill cluster-restart: $(STAMP)
 	$(BIN)/python -m cluster $(@:cluster-%=%) $(POD)
 
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) $(TOOLS) var
