@@ -65,6 +65,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: the request id is bound (logs) and the whole request is timed (metrics).
+    "web.middleware.RequestIdMiddleware",
+    "web.middleware.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files first: WhiteNoise answers them before sessions or auth are looked at.
     "web.static_files.StaticFilesMiddleware",
@@ -291,14 +294,29 @@ BACKFILL_BATCH = env.int("BACKFILL_BATCH", default=500)
 PUBLISH_BATCH_MAX = env.int("PUBLISH_BATCH_MAX", default=100)
 PUBLISH_IN_FLIGHT = env.int("PUBLISH_IN_FLIGHT", default=2)
 
+# Structured logs (project/logs.py): one JSON object per line with the request or connection
+# id, or readable lines (LOG_FORMAT=console, the default with DEBUG, as in `make run`).
+LOG_FORMAT = env.str("LOG_FORMAT", default="console" if DEBUG else "json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {"structured": {"()": "project.logs.formatter", "style": LOG_FORMAT}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "structured"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.channels.server": {"level": "WARNING"}},
+    "loggers": {
+        "django.channels.server": {"level": "WARNING"},
+        # uvicorn prints through its own plain handlers: through ours instead.
+        "uvicorn": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # Its access line has the raw path and no request id; web/middleware.py logs each
+        # request (request id, URL pattern, status, duration) instead.
+        "uvicorn.access": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+    },
 }
+# /metrics (web/views_metrics.py) is for Prometheus scraping pods directly; the Ingress does not
+# route it. With METRICS_TOKEN set it also asks for `Authorization: Bearer <METRICS_TOKEN>`.
+METRICS_TOKEN = secret("METRICS_TOKEN") or ""
+# The Celery worker serves its metrics on this port (project/celery.py); 0 turns that off.
+CELERY_METRICS_PORT = env.int("CELERY_METRICS_PORT", default=9808)
 
 CSRF_FAILURE_VIEW = "web.errors_views.csrf_failure"
 # The API takes small JSON bodies; anything bigger is refused with 413 before parsing.

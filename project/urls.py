@@ -5,7 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 from django_otp.admin import OTPAdminSite
 
-from web import views, views_notifications, views_pages, views_webhooks
+from web import views, views_metrics, views_notifications, views_pages, views_webhooks
 
 # django-otp's documented way to make the default admin site require a verified second factor:
 # staff who have not entered a TOTP token are treated as if they were not staff.
@@ -35,4 +35,6 @@ urlpatterns = [
     path("api/notifications/read", views_notifications.mark_read),
     path("api/notify", views_notifications.notify),
     path("healthz", views.healthz),
+    # For Prometheus scraping pods; the Ingress does not route it (docs/operations.md).
+    path("metrics", views_metrics.metrics_view),
 ]
