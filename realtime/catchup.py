@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from django.conf import settings
 from django.db import DatabaseError
 
+from project import metrics
 from realtime import protocol
 from realtime.deadlines import db
 from realtime.groups import room_group, user_group
@@ -131,6 +132,8 @@ class Stream:
     async def _backfill(self, up_to: int) -> None:
         """Send the frames after sub.last_sent up to seq `up_to`, in order."""
         sub = self.sub
+        if sub.last_sent < up_to:
+            metrics.CATCHUPS.inc()
         while sub.last_sent < up_to:
             limit = min(settings.BACKFILL_BATCH, up_to - sub.last_sent)
             frames = await db(self.page(sub.last_sent, limit))

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from django.conf import settings
 from redis.exceptions import RedisError
 
+from project import metrics
 from realtime import redis_clients
 from realtime.tasks import spawn
 
@@ -181,12 +182,15 @@ class RedisTransport(Transport):
                 raise
             except Exception:
                 logger.warning("redis fan-out feed lost; reconnecting", exc_info=True)
+                metrics.DEPENDENCY_UP.labels("redis").set(0)
             # Reconnect and resubscribe everything, then let every socket fill what it missed.
             while True:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, settings.FEED_RECONNECT_MAX_SECONDS)
                 try:
                     await self._reconnect()
+                    metrics.FEED_RECONNECTS.inc()
+                    metrics.DEPENDENCY_UP.labels("redis").set(1)
                     break
                 except Exception:
                     logger.warning("redis fan-out reconnect failed; retrying", exc_info=True)

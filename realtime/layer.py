@@ -38,6 +38,7 @@ realtime/channel_queues.py.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -46,6 +47,7 @@ from channels.layers import BaseChannelLayer
 from channels_redis.serializers import registry
 from django.conf import settings
 
+from project import metrics
 from realtime.channel_queues import ChannelQueues
 from realtime.feeds import LocalTransport, RedisTransport, Transport
 from realtime.wire import Writer, text_frame
@@ -58,6 +60,9 @@ FEED_RESUMED: dict[str, Any] = {"type": "feed.resumed"}
 Message = dict[str, Any]
 
 EPHEMERAL = 0  # the seq of events that are not stored messages (typing)
+# When a stored event left for the layer (right after its commit), in seconds since the
+# epoch: what chat_fanout_latency_seconds measures from. Wall-clock, as it crosses processes.
+SENT_AT = "sent_at"
 # Publishes commit in seq order, but their broadcasts leave from different threads and
 # processes and can overtake each other. A room's feed holds an early seq this long for the
 # ones before it, so sockets see order restored once per process, not a hole each. Read once:
@@ -90,7 +95,7 @@ class RoomFeed:
 
     def __init__(self) -> None:
         self.next_seq: int | None = None
-        self.held: dict[int, str] = {}
+        self.held: dict[int, tuple[str, float | None]] = {}  # seq -> (text, sent_at)
         self.timer: asyncio.TimerHandle | None = None
 
 
@@ -119,14 +124,14 @@ class Fanout:
             feed.timer.cancel()
         return True
 
-    def dispatch(self, group: str, seq: int, text: str) -> None:
+    def dispatch(self, group: str, seq: int, text: str, sent_at: float | None = None) -> None:
         """Deliver one event's frame, in seq order, to the group's subscribers here."""
         feed = self.feeds.get(group)
         if feed is None or seq == EPHEMERAL:
-            self._deliver(group, seq, text)
+            self._deliver(group, seq, text, sent_at)
             return
         if feed.next_seq is not None and seq > feed.next_seq:
-            feed.held[seq] = text
+            feed.held[seq] = (text, sent_at)
             if len(feed.held) > REORDER_MAX_HELD:
                 self._flush(group)
             elif feed.timer is None:
@@ -137,11 +142,11 @@ class Fanout:
                 else:
                     feed.timer = loop.call_later(REORDER_WAIT, self._flush, group)
             return
-        self._deliver(group, seq, text)
+        self._deliver(group, seq, text, sent_at)
         if feed.next_seq is None or seq >= feed.next_seq:
             feed.next_seq = seq + 1
         while feed.next_seq in feed.held:
-            self._deliver(group, feed.next_seq, feed.held.pop(feed.next_seq))
+            self._deliver(group, feed.next_seq, *feed.held.pop(feed.next_seq))
             feed.next_seq += 1
         if not feed.held and feed.timer is not None:
             feed.timer.cancel()
@@ -156,26 +161,30 @@ class Fanout:
             feed.timer.cancel()
             feed.timer = None
         for seq in sorted(feed.held):
-            self._deliver(group, seq, feed.held[seq])
+            self._deliver(group, seq, *feed.held[seq])
             feed.next_seq = seq + 1
         feed.held.clear()
 
-    def _deliver(self, group: str, seq: int, text: str) -> None:
+    def _deliver(self, group: str, seq: int, text: str, sent_at: float | None = None) -> None:
         subs = self.rooms.get(group)
         if not subs:
             return
         frame = text_frame(text)
+        written = 0
         if seq == EPHEMERAL:
             # Typing and the like: not stored, no seq, skipped by sockets not in sync.
             for sub in subs:
-                if sub.live:
-                    sub.writer.write(frame, text)
+                if sub.live and sub.writer.write(frame, text):
+                    written += 1
+            if written:
+                metrics.WS_FRAMES_SENT.inc(written)
             return
         for sub in subs:
             if seq <= sub.last_sent:
                 continue  # already sent (by a backfill)
             if sub.live and seq == sub.last_sent + 1 and sub.writer.write(frame, text):
                 sub.last_sent = seq
+                written += 1
                 continue
             # Not written: still backfilling, a hole before it, or the socket is too slow.
             if seq > sub.max_seen:
@@ -183,6 +192,12 @@ class Fanout:
             if sub.live:
                 sub.live = False
                 sub.on_behind(sub)
+        if written:
+            # Once per event and process, not per socket: this loop is the hot path. The
+            # writes reach the transports at the end of this turn of the loop (wire.py).
+            metrics.WS_FRAMES_SENT.inc(written)
+            if sent_at is not None:
+                metrics.FANOUT_LATENCY.observe(max(time.time() - sent_at, 0.0))
 
     def resync_all(self) -> None:
         """After the feed was interrupted: every subscription checks the database for gaps."""
@@ -262,7 +277,7 @@ class ChatChannelLayer(BaseChannelLayer):  # type: ignore[misc]  # channels is u
 
     async def group_send(self, group: str, message: Message) -> None:
         self.require_valid_group_name(group)
-        await self.publish_message(GROUP_PREFIX + group, message)
+        await self.publish_message(GROUP_PREFIX + group, stamped(message, time.time()))
 
     async def flush(self) -> None:
         """Forget every channel, group and subscription, and close connections (they reopen
@@ -304,8 +319,12 @@ class ChatChannelLayer(BaseChannelLayer):  # type: ignore[misc]  # channels is u
     ) -> None:
         """Send group messages from any thread, in order, in one round trip. Not durable
         (typing notices): one Redis does not take is dropped, not sent again."""
+        now = time.time()
         self.transport.publish(
-            *((GROUP_PREFIX + group, self.serialize(message)) for group, message in items),
+            *(
+                (GROUP_PREFIX + group, self.serialize(stamped(message, now)))
+                for group, message in items
+            ),
             durable=durable,
         )
 
@@ -324,7 +343,8 @@ class ChatChannelLayer(BaseChannelLayer):  # type: ignore[misc]  # channels is u
         message = self.deserialize(data)
         text = message.get("text")
         if isinstance(text, str) and group in self.fanout.rooms:
-            self.fanout.dispatch(group, int(message.get("seq") or EPHEMERAL), text)
+            seq = int(message.get("seq") or EPHEMERAL)
+            self.fanout.dispatch(group, seq, text, message.get(SENT_AT))
         listeners = self.listeners.get(group)
         if listeners:
             for listener in list(listeners):
@@ -349,3 +369,11 @@ class ChatChannelLayer(BaseChannelLayer):  # type: ignore[misc]  # channels is u
         in_use = group in self.fanout.rooms or group in self.listeners
         if not in_use and group not in self.channels.groups:
             self.transport.unsubscribe(GROUP_PREFIX + group)
+
+
+def stamped(message: Message, now: float) -> Message:
+    """A stored event (one with a seq) with the time it left: the fan-out's latency starts
+    there. A copy: the caller's dict is left as it was."""
+    if not message.get("seq"):
+        return message
+    return {**message, SENT_AT: now}

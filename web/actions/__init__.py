@@ -21,6 +21,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from project import metrics
 from realtime import events
 from web.actions import notifications
 from web.errors import ApiError, BadRequest, Conflict, Forbidden, NotFound, TooLarge
@@ -201,6 +202,7 @@ def do_send_messages(batch: Sequence[Outgoing]) -> list[SentMessage | ApiError]:
         if is_new:
             created.append((out.room.pk, message.seq, frame))
     if created:
+        metrics.MESSAGES_STORED.inc(len(created))
         created.sort(key=lambda room_seq_frame: room_seq_frame[:2])
         events.send_messages(created)
     return [r for r in results if r is not None]
