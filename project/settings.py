@@ -378,6 +378,10 @@ SLOW_CLIENT_PENDING_SENDS = env.int("SLOW_CLIENT_PENDING_SENDS", default=256)
 CLOSE_GRACE_SECONDS = env.float("CLOSE_GRACE_SECONDS", default=5.0)
 # Rooms a socket remembers it was let into (those it used), so publishing is not a query each.
 SOCKET_ROOMS_REMEMBERED = env.int("SOCKET_ROOMS_REMEMBERED", default=256)
+# On SIGTERM the process drains (realtime/drain.py): not ready at once, new sockets refused,
+# open ones closed with 1012 spread evenly over this many seconds, then it exits. Keep it well
+# under Kubernetes' terminationGracePeriodSeconds (docs/operations.md).
+DRAIN_SECONDS = env.float("DRAIN_SECONDS", default=20.0)
 
 # Presence (realtime/presence.py). Each process re-scores its users in Redis every
 # PRESENCE_HEARTBEAT_SECONDS (and sweeps its rooms' expired ones then); a process killed

@@ -5,6 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 from django_otp.admin import OTPAdminSite
 
+from project import health
 from web import views, views_metrics, views_notifications, views_pages, views_webhooks
 
 # django-otp's documented way to make the default admin site require a verified second factor:
@@ -34,7 +35,8 @@ urlpatterns = [
     path("api/notifications", views_notifications.notifications),
     path("api/notifications/read", views_notifications.mark_read),
     path("api/notify", views_notifications.notify),
-    path("healthz", views.healthz),
+    path("healthz", health.healthz),
+    path("readyz", health.readyz),
     # For Prometheus scraping pods; the Ingress does not route it (docs/operations.md).
     path("metrics", views_metrics.metrics_view),
 ]

@@ -20,12 +20,13 @@ from django.conf import settings
 from django.db import DatabaseError
 from redis.exceptions import RedisError
 
-from realtime import limits, protocol, publisher, recheck
+from realtime import drain, limits, protocol, publisher, recheck
 from realtime.auth import still_signed_in
 from realtime.catchup import NotificationStream, RoomStream, Stream
 from realtime.deadlines import db, sweep_connections
 from realtime.groups import room_group, user_group
 from realtime.presence import get_presence, new_origin, presence_frame, unread_frame
+from realtime.process import get_process
 from realtime.protocol import (
     Command,
     Ping,
@@ -51,6 +52,7 @@ CLOSE_POLICY = 1008  # flooding, or too many connections
 CLOSE_TOO_LARGE = 1009
 CLOSE_SESSION_ENDED = 4001  # logged out, deactivated, or the token was revoked
 CLOSE_TOO_SLOW = 4002  # could not keep up; reconnect and resume with `since`
+CLOSE_SERVICE_RESTART = 1012  # the process is draining; reconnect (elsewhere) with `since`
 
 # Not a database call: a blocking Redis PUBLISH, so off the event loop.
 send_typing = sync_to_async(do_typing, thread_sensitive=False)
@@ -60,6 +62,10 @@ mark_read = database_sync_to_async(do_read)
 class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is untyped
     # Events reach sockets through the channel layer's fanout extension (realtime/layer.py),
     # not a channel per consumer: __call__ below reads no channel.
+
+    # Handling a frame (a publish being stored, say); the drain waits for its answer.
+    busy = False
+    restart_due = False  # the drain asked while busy: close once the frame is answered
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """AsyncConsumer.__call__ for a consumer with no channel layer, one message at a time.
@@ -73,7 +79,14 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         self.base_send = send
         try:
             while True:
-                await self.dispatch(await receive())
+                message = await receive()
+                self.busy = True
+                try:
+                    await self.dispatch(message)
+                finally:
+                    self.busy = False
+                if self.restart_due:
+                    self.restart()
         except StopConsumer:
             pass
         finally:
@@ -82,6 +95,9 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
 
     async def connect(self) -> None:
         """Called when a WebSocket connection is opened: authenticate, then accept."""
+        if get_process().draining:
+            await drain.refuse(self.scope, self.base_send)  # HTTP 503: try another pod
+            return
         user = self.scope.get("user")
         self.subs: dict[str, RoomStream] = {}  # by group
         # Rooms this socket was let into, by slug: publishing is not a query per message.
@@ -99,6 +115,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         self.token_id = self.scope.get("token_id")
         await self.accept()
         self.writer = writer_for(self.base_send)
+        get_process().sockets[self] = None  # the drain closes it (realtime/drain.py)
         user_state = await limits.connect(user.pk)
         if user_state is None:
             await self.send(
@@ -141,6 +158,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             writer.flush()
 
     def _release(self) -> None:
+        get_process().sockets.pop(self, None)
         for group in list(getattr(self, "subs", {})):
             self._drop(group)
         notifications = getattr(self, "notifications", None)
@@ -335,6 +353,25 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             signed_in = False  # cannot tell: close, and the reconnect is checked afresh
         if not signed_in and not self.closed:
             await self.close(code=CLOSE_SESSION_ENDED)
+
+    # What the drain (realtime/drain.py) asks of its socket.
+
+    def restart(self) -> None:
+        """The process is draining: close with 1012 now, or once the frame in hand is answered
+        (a publish received before the close is stored and acked, or refused, never half-done).
+        """
+        if self.busy:
+            self.restart_due = True
+            return
+        self.restart_due = False
+        if self.closed:
+            return
+        self.closed = True  # frames read from now on are not acted on; the client resends them
+        self._release()  # nothing more from the fan-out: `since` resumes after what it got
+        spawn(
+            self.close(code=CLOSE_SERVICE_RESTART, reason="restarting; resume with since"),
+            name="drain close",
+        )
 
     # What a stream (realtime/catchup.py) asks of its socket.
 

@@ -2,11 +2,13 @@
 
 The process's publisher (realtime/publisher.py), its presence (realtime/presence.py),
 its background tasks, the periodic credential recheck, the database sweep, its users'
-limits and the client of the shared limits live here rather than in module globals; the
-channel layer (realtime/layer.py: groups, subscriptions, Redis connections) is
-the other per-process object, which Channels keeps. The ASGI lifespan's
-shutdown (`lifespan` below, routed in project/asgi.py) closes both: uvicorn
-runs it after the last connection is gone.
+limits and the client of the shared limits, its open chat sockets and whether it is
+draining (realtime/drain.py), and the readiness check's Redis client (realtime/health.py)
+live here rather than in module globals; the channel layer (realtime/layer.py: groups,
+subscriptions, Redis connections) is the other per-process object, which Channels keeps.
+The ASGI lifespan (`lifespan` below, routed in project/asgi.py) installs the drain's
+SIGTERM handler at startup; its shutdown closes both objects: uvicorn runs it after the
+last connection is gone.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from realtime.health import Health
     from realtime.presence import Presence
     from realtime.publisher import Publisher
 
@@ -27,7 +30,8 @@ SHUTDOWN_WAIT = 5.0  # seconds the background tasks get to finish at shutdown
 
 class Process:
     def __init__(self) -> None:
-        from realtime.presence import Presence  # they use get_process() themselves
+        from realtime.health import Health  # they use get_process() themselves
+        from realtime.presence import Presence
         from realtime.publisher import Publisher
 
         self.publisher: Publisher = Publisher()
@@ -40,6 +44,11 @@ class Process:
         self.cluster_limits: Any = None  # cluster_limits.ClusterLimits, with REDIS_URL
         # (user id, room id) -> when this process last relayed their typing (limits.py)
         self.typing_sent: dict[tuple[object, int], float] = {}
+        # Open chat sockets, oldest first (a dict as an ordered set): the drain closes them in
+        # that order. Set from SIGTERM until exit: not ready, new sockets refused.
+        self.sockets: dict[Any, None] = {}
+        self.draining = False
+        self.health: Health = Health()  # the readiness check's own Redis client
 
     async def close(self) -> None:
         """Cancel the background tasks of the running loop and wait for them, bounded."""
@@ -55,6 +64,8 @@ class Process:
         if self.cluster_limits is not None:
             with contextlib.suppress(Exception):
                 await self.cluster_limits.aclose()
+        with contextlib.suppress(Exception):
+            await self.health.aclose()
 
 
 _process: Process | None = None
@@ -83,11 +94,14 @@ async def close_process() -> None:
 
 
 async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """The ASGI lifespan protocol: nothing to start; at shutdown, close what the process
-    keeps."""
+    """The ASGI lifespan protocol: at startup, take over SIGTERM for the drain; at shutdown,
+    close what the process keeps."""
+    from realtime.drain import install
+
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            install()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             try:

@@ -117,11 +117,6 @@ async def presence(request: HttpRequest, user: Any, slug: str) -> HttpResponse:
     return json_response({"room": room.slug, "online": await aonline_users(room)})
 
 
-async def healthz(request: HttpRequest) -> HttpResponse:
-    """Liveness: the process answers."""
-    return json_response({"ok": True})
-
-
 class LogoutView(auth_views.LogoutView):
     """Django's logout, then the sockets that session opened are closed."""
 
