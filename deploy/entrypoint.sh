@@ -33,7 +33,8 @@ web)
     # tests/test_entrypoint.py keeps the two identical.
     exec uvicorn project.asgi:application --host 0.0.0.0 --port "${PORT:-8000}" \
         --ws realtime.wsserver:WebSocketProtocol \
-        --ws-max-size 65536 --ws-per-message-deflate false "$@"
+        --ws-max-size 65536 --ws-per-message-deflate false \
+        --timeout-graceful-shutdown 5 "$@"
     ;;
 worker)
     # No -B (embedded beat) here, unlike `make worker`: beat runs alone, once (below).
