@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -111,12 +112,23 @@ if secret("DATABASE_URL"):
             DATABASES["default"]["PASSWORD"] = _db_password
         DATABASES["default"].setdefault("OPTIONS", {})
         if env.bool("DATABASE_POOL", default=True):
-            # psycopg's pool; persistent connections must stay off with it.
+            # psycopg's pool, per process (docs/data.md). Size it so that
+            #   DATABASE_POOL_MAX_SIZE x processes per pod x pods (web and Celery)
+            #     <= PostgreSQL's max_connections - a reserve (superuser, migrations, psql)
+            # e.g. max_connections 100, reserve 10: 9 processes of 10. Each process keeps
+            # MIN_SIZE open even when idle. A request past MAX_SIZE waits up to TIMEOUT seconds,
+            # then gets 503 `unavailable` (a socket: an `unavailable` error frame).
+            # (DATABASE_POOL_MIN and DATABASE_POOL_MAX, the former names, still count.)
             DATABASES["default"]["OPTIONS"]["pool"] = {
-                "min_size": env.int("DATABASE_POOL_MIN", default=2),
-                "max_size": env.int("DATABASE_POOL_MAX", default=10),
+                "min_size": env.int("DATABASE_POOL_MIN_SIZE", env.int("DATABASE_POOL_MIN", 2)),
+                "max_size": env.int("DATABASE_POOL_MAX_SIZE", env.int("DATABASE_POOL_MAX", 10)),
                 "timeout": env.float("DATABASE_POOL_TIMEOUT", default=5.0),
             }
+            # Django refuses persistent connections with the pool: a connection goes back to
+            # it when its request ends (or its read ends, web/access.py), not when it ages.
+            if DATABASES["default"].get("CONN_MAX_AGE"):
+                raise ImproperlyConfigured("conn_max_age must be 0 with DATABASE_POOL on")
+            DATABASES["default"]["CONN_MAX_AGE"] = 0
         # Bound every statement so a stuck database turns into an `unavailable` error, not a hang.
         DATABASES["default"]["OPTIONS"]["connect_timeout"] = env.int("DATABASE_CONNECT_TIMEOUT", 5)
         DATABASES["default"]["OPTIONS"]["options"] = (
