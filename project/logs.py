@@ -44,6 +44,13 @@ def sane_id(value: str | bytes | None) -> str:
     return new_id()
 
 
+def bind_connection_id(scope: dict[str, Any]) -> None:
+    """Put a websocket's id (its handshake's X-Request-ID if sane, else a new one) on every
+    line logged in the connection's task and the tasks it starts."""
+    headers = dict(scope.get("headers") or ())
+    structlog.contextvars.bind_contextvars(connection_id=sane_id(headers.get(b"x-request-id")))
+
+
 def redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
     """Blank values under names that hold secrets or message bodies."""
     for key in REDACTED.intersection(event_dict):

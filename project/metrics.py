@@ -82,18 +82,6 @@ CACHE_LOOKUPS = Counter(
     "chat_cache_lookups", "Cached reads, by what was read and hit or miss", ["kind", "result"]
 )
 
-# Frame types the server counts under their own name; anything else is `invalid`.
-FRAME_TYPES = (
-    "subscribe",
-    "unsubscribe",
-    "publish",
-    "typing",
-    "read",
-    "subscribe_notifications",
-    "ping",
-)
-
-
 def multiprocess_dir() -> str | None:
     """The folder every process of this pod writes its values to, if there is one."""
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None

@@ -348,6 +348,8 @@ TYPING_BURST = env.float("TYPING_BURST", default=5.0)
 RATE_STRIKES = env.float("RATE_STRIKES", default=20.0)
 RATE_STRIKES_PER_SECOND = env.float("RATE_STRIKES_PER_SECOND", default=1.0)
 MAX_CONNECTIONS_PER_USER = env.int("MAX_CONNECTIONS_PER_USER", default=20)  # per user
+# Websockets one process holds at most; past it a new one is closed with 1013 (try again later).
+MAX_CONNECTIONS_PER_PROCESS = env.int("MAX_CONNECTIONS_PER_PROCESS", default=15000)
 # With REDIS_URL each process re-announces its sockets every CONNECTION_REFRESH_SECONDS; those
 # of a process that died stop counting CONNECTION_TTL_SECONDS after its last refresh.
 CONNECTION_TTL_SECONDS = env.float("CONNECTION_TTL_SECONDS", default=60.0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from asgiref.sync import sync_to_async
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
@@ -20,6 +21,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from redis.exceptions import RedisError
 
+from project import logs, metrics
 from realtime import drain, limits, protocol, publisher, recheck
 from realtime.auth import still_signed_in
 from realtime.catchup import NotificationStream, RoomStream, Stream
@@ -28,6 +30,7 @@ from realtime.groups import room_group, user_group
 from realtime.presence import get_presence, new_origin, presence_frame, unread_frame
 from realtime.process import get_process
 from realtime.protocol import (
+    COMMANDS,
     Command,
     Ping,
     Publish,
@@ -47,9 +50,11 @@ if TYPE_CHECKING:  # for hints only: sockets reach models through access helpers
     from web.models import Room
 
 logger = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 CLOSE_POLICY = 1008  # flooding, or too many connections
 CLOSE_TOO_LARGE = 1009
+CLOSE_TRY_AGAIN_LATER = 1013  # this process holds MAX_CONNECTIONS_PER_PROCESS sockets already
 CLOSE_SESSION_ENDED = 4001  # logged out, deactivated, or the token was revoked
 CLOSE_TOO_SLOW = 4002  # could not keep up; reconnect and resume with `since`
 CLOSE_SERVICE_RESTART = 1012  # the process is draining; reconnect (elsewhere) with `since`
@@ -57,6 +62,12 @@ CLOSE_SERVICE_RESTART = 1012  # the process is draining; reconnect (elsewhere) w
 # Not a database call: a blocking Redis PUBLISH, so off the event loop.
 send_typing = sync_to_async(do_typing, thread_sensitive=False)
 mark_read = database_sync_to_async(do_read)
+
+# Frames received by type, each label looked up once; binary, too large or unparsable: invalid.
+RECEIVED = {
+    kind: metrics.WS_FRAMES_RECEIVED.labels(kind.__struct_config__.tag) for kind in COMMANDS
+}
+INVALID = metrics.WS_FRAMES_RECEIVED.labels("invalid")
 
 
 class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is untyped
@@ -77,6 +88,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         self.scope = scope
         self.channel_layer = None
         self.base_send = send
+        logs.bind_connection_id(scope)  # on every log line of this connection
         try:
             while True:
                 message = await receive()
@@ -114,8 +126,12 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         self.session_key = self.scope.get("session_key")
         self.token_id = self.scope.get("token_id")
         await self.accept()
+        if limits.process_full():  # accepted only to say "try again later" (another pod)
+            await self.close(code=CLOSE_TRY_AGAIN_LATER)
+            return
         self.writer = writer_for(self.base_send)
         get_process().sockets[self] = None  # the drain closes it (realtime/drain.py)
+        metrics.WS_CONNECTIONS.set(len(get_process().sockets))
         user_state = await limits.connect(user.pk)
         if user_state is None:
             await self.send(
@@ -136,14 +152,17 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             await self.close(code=1011)
             return
         recheck.watch()
+        log.info("websocket_opened", user_id=user.pk)
 
     async def disconnect(self, code: int) -> None:
         self._release()
+        log.info("websocket_closed", code=code)
 
     async def send(
         self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False
     ) -> None:
         self._flush()
+        metrics.WS_FRAMES_SENT.inc()  # the fan-out counts its own (realtime/layer.py)
         await super().send(text_data, bytes_data, close)
 
     async def close(self, code: int | None = None, reason: str | None = None) -> None:
@@ -159,6 +178,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
 
     def _release(self) -> None:
         get_process().sockets.pop(self, None)
+        metrics.WS_CONNECTIONS.set(len(get_process().sockets))
         for group in list(getattr(self, "subs", {})):
             self._drop(group)
         notifications = getattr(self, "notifications", None)
@@ -186,15 +206,18 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
         if self.closed:
             return  # closing (logged out, too slow...): nothing more it sends counts
         if text_data is None:
+            INVALID.inc()
             await self.send(protocol.error_frame("bad_request", "binary frames are not supported"))
             return
         if protocol.too_large(text_data, settings.WS_MAX_FRAME_BYTES):
+            INVALID.inc()
             await self.close(code=CLOSE_TOO_LARGE)
             return
         ref = None
         command: Command | None = None
         try:
             command = protocol.parse(text_data)
+            RECEIVED[type(command)].inc()
             ref = command.ref
             if isinstance(command, Publish):
                 await self.publish(command)
@@ -211,6 +234,8 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             elif isinstance(command, Ping):
                 await self.send(protocol.dumps({"type": "pong", "ref": command.ref}))
         except protocol.ProtocolError as error:
+            if command is None:
+                INVALID.inc()
             await self.send(protocol.error_frame(error.code, error.message, error.ref))
         except RateLimited as error:
             await self.send(protocol.error_frame(error.code, error.message, ref))
@@ -376,6 +401,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
     # What a stream (realtime/catchup.py) asks of its socket.
 
     async def too_slow(self, stream: Stream) -> None:
+        metrics.SLOW_CONSUMERS.inc()
         self.closed = True  # nothing it sends in the close grace period counts
         self._release()
         if not self.writer.close_now(CLOSE_TOO_SLOW, "too slow; resume with since"):
@@ -383,6 +409,7 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
 
     async def resync(self, stream: Stream) -> None:
         """Stop following a stream and tell the client to subscribe again with `since`."""
+        metrics.RESYNCS.inc()
         self._drop(stream.sub.group)
         stream.stop()  # the notification stream is not in subs
         await self.send(protocol.dumps(stream.resync_frame()))

@@ -26,8 +26,17 @@ from django.conf import settings
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
+from project import metrics
 from realtime.cluster_limits import get_cluster_limits, window
 from realtime.process import get_process
+
+# Refusals by kind, looked up once: `publish` and `typing` (a connection's or user's budget),
+# `connections` (the user's cap), `process_connections` (MAX_CONNECTIONS_PER_PROCESS).
+REFUSED = {
+    kind: metrics.RATE_LIMITED.labels(kind)
+    for kind in ("publish", "typing", "connections", "process_connections")
+}
+metrics.WS_CONNECTIONS_LIMIT.set(settings.MAX_CONNECTIONS_PER_PROCESS)
 
 
 class Counters:
@@ -78,6 +87,15 @@ class UserState:
         return await self.own.hit(kind, rate, burst)
 
 
+def process_full() -> bool:
+    """Whether this process holds MAX_CONNECTIONS_PER_PROCESS sockets already (then a new one
+    is refused: the memory and event loop of one process are finite; other pods have room)."""
+    if len(get_process().sockets) < settings.MAX_CONNECTIONS_PER_PROCESS:
+        return False
+    REFUSED["process_connections"].inc()
+    return True
+
+
 async def connect(user_id: object) -> UserState | None:
     """Count a new connection of the user; None when the user is at the cap."""
     users = get_process().users
@@ -86,6 +104,7 @@ async def connect(user_id: object) -> UserState | None:
         state = users[user_id] = UserState(user_id)
     # This process's count is never more than the cluster's: at the cap here, no need to ask.
     if state.connections >= settings.MAX_CONNECTIONS_PER_USER:
+        REFUSED["connections"].inc()
         return None
     # Counted before Redis is asked, so connections racing in here see it.
     state.connections += 1
@@ -100,6 +119,7 @@ async def connect(user_id: object) -> UserState | None:
         raise
     if seated is False:
         _uncount(user_id, state)
+        REFUSED["connections"].inc()
         return None
     return state  # seated, or Redis did not answer and this process's count decided
 
@@ -170,6 +190,7 @@ class ConnectionLimits:
             return True
         # Every refusal is a strike, taken here where the package's counters can be
         # awaited; the consumer then asks strike(), which is sync, for the verdict.
+        REFUSED[kind].inc()
         strikes, per_second = settings.RATE_STRIKES, settings.RATE_STRIKES_PER_SECOND
         self.struck_out = not await self.own.hit("strikes", per_second, strikes)
         return False

@@ -18,6 +18,8 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from project import metrics
+
 if TYPE_CHECKING:
     from realtime.health import Health
     from realtime.presence import Presence
@@ -108,5 +110,7 @@ async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 await close_process()
             except Exception:
                 logger.exception("closing the process failed")
+            # With PROMETHEUS_MULTIPROC_DIR, its sockets stop counting in the pod's sum.
+            metrics.process_exited()
             await send({"type": "lifespan.shutdown.complete"})
             return
