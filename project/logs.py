@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import uuid
 from collections.abc import MutableMapping
 from typing import Any
@@ -92,7 +93,9 @@ def formatter(style: str = "json") -> logging.Formatter:
         # The traceback as a string field; never the frames' local variables.
         render_exc: list[Processor] = [structlog.processors.format_exc_info]
     elif style == "console":
-        renderer = structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
         render_exc = []
     else:
         raise ValueError(f"LOG_FORMAT must be json or console, not {style!r}")
