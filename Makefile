@@ -37,6 +37,7 @@ beat: $(STAMP)
 # Server binaries the tests start throwaway copies of (never the machine's running ones).
 services:
 	@command -v redis-server >/dev/null 2>&1 || { apt-get update -q && apt-get install -yq redis-server; }
+	@command -v memcached >/dev/null 2>&1 || { apt-get update -q && apt-get install -yq memcached; }  # tests/test_cache.py
 	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { apt-get update -q && apt-get install -yq postgresql; }
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -q && apt-get install -yq chromium; }  # tests/browser/
 	@test -x /usr/sbin/haproxy || { apt-get update -q && apt-get install -yq haproxy; }  # make cluster

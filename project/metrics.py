@@ -79,8 +79,11 @@ DRAINING = Gauge("chat_draining", "1 while the process drains", multiprocess_mod
 # to the database) or decode (an entry that did not decode, read as a miss).
 CACHE_ERRORS = Counter("chat_cache_errors", "Cache failures, by operation", ["op"])
 CACHE_LOOKUPS = Counter(
-    "chat_cache_lookups", "Cached reads, by what was read and hit or miss", ["kind", "result"]
+    "chat_cache_lookups",
+    "Reads through the cache, by what was read and hit, miss or unavailable (the database read)",
+    ["kind", "result"],
 )
+
 
 def multiprocess_dir() -> str | None:
     """The folder every process of this pod writes its values to, if there is one."""

@@ -9,6 +9,7 @@ Kubernetes mounts them.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import environ
@@ -159,6 +160,69 @@ CHANNEL_LAYERS = {
         },
     }
 }
+
+# The cache for hot reads (web/cache.py: room lists, rooms, membership; docs/data.md), from
+# CACHE_URL: redis://host:6379/1 (Django's RedisCache) or memcache://host:11211 (PyMemcacheCache).
+# Without it: this process's memory, when the app is one process (no REDIS_URL); with several
+# processes (REDIS_URL set) nothing, since a process's memory never hears of another's changes.
+CACHE_URL = secret("CACHE_URL")
+# Entries expire after this; it also bounds how stale an entry can be after a lost invalidation.
+CACHE_TTL_SECONDS = env.int("CACHE_TTL_SECONDS", default=3600)
+# Each cache call waits this long at most; after a failure the database alone answers for
+# CACHE_RETRY_SECONDS.
+CACHE_TIMEOUT_SECONDS = env.float("CACHE_TIMEOUT_SECONDS", default=0.25)
+CACHE_RETRY_SECONDS = env.float("CACHE_RETRY_SECONDS", default=1.0)
+_CACHE_BACKENDS = {
+    "redis": "django.core.cache.backends.redis.RedisCache",
+    "rediss": "django.core.cache.backends.redis.RedisCache",
+    "memcache": "django.core.cache.backends.memcached.PyMemcacheCache",
+    "pymemcache": "django.core.cache.backends.memcached.PyMemcacheCache",
+}
+
+
+def cache_settings(
+    url: str | None, *, several_processes: bool, timeout: float, retry: float
+) -> Any:
+    """CACHES["default"] for a CACHE_URL (tests/test_cache.py builds theirs with it too)."""
+    if not url:
+        if several_processes:
+            return {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}
+        return {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "OPTIONS": {"MAX_ENTRIES": 100_000},
+        }
+    scheme = urlsplit(url).scheme
+    if scheme not in _CACHE_BACKENDS:
+        raise ImproperlyConfigured(f"CACHE_URL: redis://, rediss:// or memcache://, not {scheme}")
+    config = environ.Env.cache_url_config(url, backend=_CACHE_BACKENDS[scheme])
+    config.setdefault("OPTIONS", {}).update(
+        {"socket_connect_timeout": timeout, "socket_timeout": timeout}
+        if scheme.startswith("redis")
+        else {
+            "connect_timeout": timeout,
+            "timeout": timeout,
+            # One client serves every thread of the process (web/cache.py): pooled sockets.
+            "use_pooling": True,
+            # A failed server is skipped (an error, not a silent miss) until tried again.
+            "retry_attempts": 0,
+            "dead_timeout": retry,
+        }
+    )
+    return {**config, "TIMEOUT": CACHE_TTL_SECONDS, "KEY_PREFIX": "chat"}
+
+
+CACHES = {
+    "default": cache_settings(
+        CACHE_URL,
+        several_processes=bool(REDIS_URL),
+        timeout=CACHE_TIMEOUT_SECONDS,
+        retry=CACHE_RETRY_SECONDS,
+    )
+}
+# Sessions: in the database, read through the cache when it is shared by every process (any
+# process serves any browser, a restart logs nobody out; docs/data.md says why not `cache`).
+if CACHE_URL:
+    SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 
 # Background work (project/celery.py, web/tasks.py): webhooks, mention emails, chores.
 # Without a broker tasks run eagerly in the process that sends them (`make run` needs no worker);

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import re
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
+import msgspec
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.db import connection
 from django.db.models import Exists, OuterRef, Subquery
 
-from web import activity
+from project import metrics
+from web import activity, cache
 from web.errors import Forbidden, NotFound
 from web.models import (
     ApiToken,
@@ -23,21 +29,146 @@ from web.models import (
 )
 
 IN_CHUNK = 1000  # ids per IN (...) list: SQLite caps the parameters of one statement
+# What may appear in a cache key as it is (memcached refuses spaces and control characters).
+SAFE_SLUG = re.compile(r"^[A-Za-z0-9_-]{1,50}$")
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-async def aget_room_for_user(user: User, slug: str) -> Room:
-    """The room if the user may read and write it; NotFound or Forbidden otherwise."""
-    member = Membership.objects.filter(room=OuterRef("pk"), user_id=user.pk)
-    room = await Room.objects.annotate(is_member=Exists(member)).filter(slug=slug).afirst()
+def _read(function: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """A sync read run from async code in one thread hop, handing its database connection
+    back to the pool at the end: the caller then awaits the network holding none."""
+
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return function(*args, **kwargs)
+        finally:
+            # Only with the pool: without it the next read would open a new connection. Never
+            # inside a transaction (tests run in one), where closing would break it.
+            if getattr(connection, "pool", None) is not None and not connection.in_atomic_block:
+                connection.close()
+
+    return sync_to_async(functools.wraps(function)(call), thread_sensitive=True)
+
+
+class CachedRoom(msgspec.Struct, array_like=True):
+    """What room:<slug> holds: the room without last_seq, which moves with every message."""
+
+    id: int
+    slug: str
+    title: str
+    private: bool
+    owner_id: int | None
+
+
+class ListedRoom(msgspec.Struct, array_like=True):
+    """One room of rooms:<user>; seq_tag is the room version its last_seq was read at."""
+
+    id: int
+    slug: str
+    title: str
+    private: bool
+    owner_id: int | None
+    member: bool
+    last_read_seq: int
+    last_seq: int
+    seq_tag: int | None = None
+
+
+def get_room_for_user(user: User, slug: str) -> Room:
+    """The room if the user may read and write it; NotFound or Forbidden otherwise.
+
+    Through the cache (room:<slug> and member:<user>:<slug>): no query when both are there.
+    """
+    keys = [f"room:{slug}", f"member:{user.pk}:{slug}"]
+    versions = [cache.EPOCH, cache.ROOMS, cache.user_version(user.pk)]
+    # A slug no room can have is never a key: it is looked up (and not found) uncached.
+    found = cache.read("room", keys, versions) if SAFE_SLUG.match(slug) else None
+    room: Room | None = None
+    if found is not None:
+        cached = found.entry(keys[0], CachedRoom, found.tags(*versions[:2]))
+        member = found.entry(keys[1], bool, found.tags(*versions))
+        if cached is not None and member is not None:
+            metrics.CACHE_LOOKUPS.labels("room", "hit").inc()
+            room = Room.from_db(
+                "default",
+                ["id", "slug", "title", "private", "owner_id"],
+                [cached.id, cached.slug, cached.title, cached.private, cached.owner_id],
+            )  # last_seq and created_at deferred: read from the database if ever touched
+            room.is_member = is_member = member  # type: ignore[attr-defined]  # as annotated below
     if room is None:
-        raise NotFound(f"no room {slug!r}")
-    if room.private and not room.is_member:
+        if found is not None:
+            metrics.CACHE_LOOKUPS.labels("room", "miss").inc()
+        member_of = Membership.objects.filter(room=OuterRef("pk"), user_id=user.pk)
+        queried = Room.objects.annotate(is_member=Exists(member_of)).filter(slug=slug).first()
+        if queried is None:
+            raise NotFound(f"no room {slug!r}")
+        if found is not None:
+            row = CachedRoom(
+                queried.pk, queried.slug, queried.title, queried.private, queried.owner_id
+            )
+            found.write(
+                {
+                    keys[0]: (found.tags(*versions[:2]), row),
+                    keys[1]: (found.tags(*versions), queried.is_member),
+                }
+            )
+        room, is_member = queried, queried.is_member
+    if room.private and not is_member:
         raise Forbidden(f"you are not a member of {slug!r}")
     return room
 
 
-async def arooms_for_user(user: User) -> list[dict[str, Any]]:
-    """The rooms the user can see, with last_seq and unread count, in one query."""
+aget_room_for_user = _read(get_room_for_user)
+
+
+def rooms_for_user(user: User) -> list[dict[str, Any]]:
+    """The rooms the user can see, with last_seq and unread count.
+
+    One query without the cache, and never more with it (rooms:<user>): none when no room
+    the user sees had a message since it was cached, one otherwise (the last_seqs of the
+    rooms that did, or the whole list if their rooms or read markers changed).
+    """
+    key = f"rooms:{user.pk}"
+    versions = [cache.EPOCH, cache.ROOMS, cache.user_version(user.pk), cache.reads_version(user.pk)]
+    found = cache.read("rooms", [key], versions)
+    if found is None:
+        return [_listed_json(room, user) for room in _listed_rooms(user)]
+    tags = found.tags(*versions)
+    cached = found.tagged(key, list[ListedRoom])
+    known = cached[1] if cached is not None else []
+    # Taken before the database is read, so a last_seq read after may be tagged with them.
+    room_versions = found.more_versions([cache.room_version(room.id) for room in known])
+    if room_versions is None:
+        return [_listed_json(room, user) for room in _listed_rooms(user)]
+    if cached is not None and cached[0] == tags:
+        metrics.CACHE_LOOKUPS.labels("rooms", "hit").inc()
+        rooms = known
+        stale = [r for r in rooms if r.seq_tag != room_versions[cache.room_version(r.id)]]
+        if not stale:
+            return [_listed_json(room, user) for room in rooms]
+        ids = [room.id for room in stale]
+        by_id = Room.objects.filter(pk__in=ids) if len(ids) <= IN_CHUNK else Room.objects.all()
+        seqs = dict(by_id.values_list("pk", "last_seq"))
+        for room in stale:
+            room.last_seq = seqs.get(room.id, room.last_seq)
+            room.seq_tag = room_versions[cache.room_version(room.id)] if room.id in seqs else None
+    else:
+        metrics.CACHE_LOOKUPS.labels("rooms", "miss").inc()
+        rooms = _listed_rooms(user)
+        # A room the previous entry did not list has no version taken yet: None, read next time.
+        for room in rooms:
+            room.seq_tag = room_versions.get(cache.room_version(room.id))
+    found.write({key: (tags, rooms)})
+    return [_listed_json(room, user) for room in rooms]
+
+
+arooms_for_user = _read(rooms_for_user)
+
+
+def _listed_rooms(user: User) -> list[ListedRoom]:
+    """The rooms the user can see, in one query."""
     member = Membership.objects.filter(room=OuterRef("pk"), user_id=user.pk)
     rooms = (
         Room.objects.visible_to(user)
@@ -47,19 +178,32 @@ async def arooms_for_user(user: User) -> list[dict[str, Any]]:
         )
         .order_by("slug")
     )
-    result = []
-    async for room in rooms:
-        read = room.last_read_seq or 0
-        result.append(
-            {
-                **room_json(room),
-                "member": room.is_member,
-                "owner": room.owner_id == user.pk,
-                # seqs are gap-free, so the unread count is a subtraction, not a COUNT(*).
-                "unread": max(room.last_seq - read, 0) if room.is_member else 0,
-            }
+    return [
+        ListedRoom(
+            room.pk,
+            room.slug,
+            room.title,
+            room.private,
+            room.owner_id,
+            room.is_member,
+            room.last_read_seq or 0,
+            room.last_seq,
         )
-    return result
+        for room in rooms
+    ]
+
+
+def _listed_json(room: ListedRoom, user: User) -> dict[str, Any]:
+    return {
+        "slug": room.slug,
+        "title": room.title,
+        "private": room.private,
+        "last_seq": room.last_seq,
+        "member": room.member,
+        "owner": room.owner_id == user.pk,
+        # seqs are gap-free, so the unread count is a subtraction, not a COUNT(*).
+        "unread": max(room.last_seq - room.last_read_seq, 0) if room.member else 0,
+    }
 
 
 def room_json(room: Room) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from project import metrics
 from realtime import events
+from web import cache
 from web.actions import notifications
 from web.errors import ApiError, BadRequest, Conflict, Forbidden, NotFound, TooLarge
 from web.models import (
@@ -83,6 +84,8 @@ def do_create_room(owner: User, slug: str, title: str, private: bool) -> Room:
         with transaction.atomic():
             room = Room.objects.create(slug=slug, title=title, private=private, owner=owner)
             Membership.objects.create(user=owner, room=room, role=Membership.Role.OWNER)
+            cache.created_room(slug, private)
+            cache.changed_memberships([owner.pk])
     except IntegrityError:
         raise Conflict(f"room {slug!r} already exists") from None
     return room
@@ -91,7 +94,9 @@ def do_create_room(owner: User, slug: str, title: str, private: bool) -> Room:
 def do_add_member(acting: User, room: Room, username: str) -> Membership:
     check_owner(acting, room)
     user = _get_active_user(username)
-    membership, _ = Membership.objects.get_or_create(user=user, room=room)
+    membership, created = Membership.objects.get_or_create(user=user, room=room)
+    if created:
+        cache.changed_memberships([user.pk])
     return membership
 
 
@@ -104,6 +109,7 @@ def do_remove_member(acting: User, room: Room, username: str) -> None:
         deleted, _ = Membership.objects.filter(user=user, room=room).delete()
         if not deleted:
             raise NotFound(f"{username!r} is not a member of {room.slug!r}")
+        cache.changed_memberships([user.pk])
         if room.private:
             # Open sockets of the removed user stop receiving this room.
             events.send_room_revoked(user.pk, room.pk, room.slug)
@@ -168,6 +174,7 @@ def do_send_messages(batch: Sequence[Outgoing]) -> list[SentMessage | ApiError]:
             [Membership(user_id=user_id, room_id=room_id) for user_id, room_id in joining],
             ignore_conflicts=True,
         )
+        cache.changed_memberships(user_id for user_id, _ in joining)
     # Mentions are stored in the messages' transaction (store_batch alone commits by itself
     # on PostgreSQL): a message is never stored without them, nor they without it. Only a
     # batch with an "@" pays for the longer transaction.
@@ -204,6 +211,7 @@ def do_send_messages(batch: Sequence[Outgoing]) -> list[SentMessage | ApiError]:
     if created:
         metrics.MESSAGES_STORED.inc(len(created))
         created.sort(key=lambda room_seq_frame: room_seq_frame[:2])
+        cache.changed_last_seq(room_id for room_id, _, _ in created)
         events.send_messages(created)
     return [r for r in results if r is not None]
 
@@ -231,7 +239,9 @@ def do_read(user: User, room: Room, seq: int, origin: str | None = None) -> Read
         if last_seq is None:
             raise NotFound(f"no room {room.slug!r}")
         seq = min(seq, last_seq)
-        membership, _ = Membership.objects.get_or_create(user=user, room=room)
+        membership, joined = Membership.objects.get_or_create(user=user, room=room)
+        if joined:
+            cache.changed_memberships([user.pk])
         mine = Membership.objects.filter(pk=membership.pk)
         moved = seq > membership.last_read_seq and mine.filter(last_read_seq__lt=seq).update(
             last_read_seq=seq
@@ -239,6 +249,7 @@ def do_read(user: User, room: Room, seq: int, origin: str | None = None) -> Read
         marker = seq if moved else mine.values_list("last_read_seq", flat=True).get()
         unread = max(last_seq - marker, 0)
         if moved:
+            cache.changed_read_markers(user.pk)
             events.send_unread(user.pk, room.pk, room.slug, unread, marker, origin)
     return ReadState(room.slug, marker, unread)
 
@@ -300,6 +311,7 @@ def do_provision_load(prefix: str, users: int, rooms: int, name: str = "load") -
         )
         if Room.objects.filter(slug__in=slugs, private=True).exists():
             raise Conflict(f"some {prefix}-N rooms exist and are private; pick another prefix")
+        cache.changed_rooms()
         raw = [TOKEN_PREFIX + secrets.token_urlsafe(32) for _ in usernames]
         ApiToken.objects.bulk_create(
             [
