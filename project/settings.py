@@ -221,8 +221,9 @@ CACHES = {
 }
 # Sessions: in the database, read through the cache when it is shared by every process (any
 # process serves any browser, a restart logs nobody out; docs/data.md says why not `cache`).
+# web/sessions.py is Django's cached_db through web/cache.py's one client and its epoch.
 if CACHE_URL:
-    SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+    SESSION_ENGINE = "web.sessions"
 
 # Background work (project/celery.py, web/tasks.py): webhooks, mention emails, chores.
 # Without a broker tasks run eagerly in the process that sends them (`make run` needs no worker);

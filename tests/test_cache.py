@@ -147,7 +147,7 @@ def test_a_deactivated_user_is_refused_though_their_list_and_session_were_cached
     backend: str, settings: Any, den: Room, bob: Any
 ) -> None:
     """Nothing cached says who may sign in: the user row is read on every request."""
-    settings.SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+    settings.SESSION_ENGINE = "web.sessions"
     script = Client(headers={"authorization": f"Bearer {actions.do_issue_token('bob')}"})
     browser = Client()
     browser.force_login(bob)
@@ -283,10 +283,12 @@ def test_cache_url_picks_the_backend_and_sessions_follow(tmp_path: Path) -> None
     )
     assert redis_cache["CACHES"]["default"]["BACKEND"].endswith("redis.RedisCache")
     assert redis_cache["CACHES"]["default"]["LOCATION"] == "redis://cache.example:6379/1"
-    assert redis_cache["SESSION_ENGINE"] == "django.contrib.sessions.backends.cached_db"
+    assert (
+        redis_cache["SESSION_ENGINE"] == "web.sessions"
+    )  # Django's cached_db, web/cache.py's client
     assert memcache["CACHES"]["default"]["BACKEND"].endswith("memcached.PyMemcacheCache")
     assert memcache["CACHES"]["default"]["LOCATION"] == "cache.example:11211"
-    assert memcache["SESSION_ENGINE"] == "django.contrib.sessions.backends.cached_db"
+    assert memcache["SESSION_ENGINE"] == "web.sessions"
     assert alone["CACHES"]["default"]["BACKEND"].endswith("locmem.LocMemCache")
     assert alone["SESSION_ENGINE"] is None  # Django's default: the database
     # Several processes and no shared cache: no cache rather than one per process.
@@ -294,9 +296,9 @@ def test_cache_url_picks_the_backend_and_sessions_follow(tmp_path: Path) -> None
     assert bad["error"].startswith("ImproperlyConfigured: CACHE_URL")
 
 
-def test_a_session_survives_losing_its_cache_entry(settings: Any, alice: Any) -> None:
+def test_a_session_survives_losing_its_cache_entry(backend: str, settings: Any, alice: Any) -> None:
     """cached_db: the database keeps the session when the cache forgets it (or is flushed)."""
-    settings.SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+    settings.SESSION_ENGINE = "web.sessions"
     client = Client()
     client.force_login(alice)
     assert client.get("/api/me").status_code == 200

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import redis
+from django.conf import settings as django_settings
+from django.test import Client
 from pytest_redis.config import get_config
 from pytest_redis.executor import RedisExecutor
 
@@ -156,3 +158,26 @@ def test_a_redis_value_that_does_not_unpickle_is_a_miss(
     assert listed(bob)["den"] == (True, 0, 0)
     assert errors("decode") == before + 2
     assert listed(bob)["den"] == (True, 0, 0)
+
+
+def test_a_logout_redis_could_not_forget_does_not_sign_in_again(
+    own_redis: RedisExecutor, settings: Any, alice: Any
+) -> None:
+    """The session's cached copy outlives a DEL that Redis refused: tagged with the epoch,
+    it is a miss once the epoch is bumped, and the database says the session is gone."""
+    settings.SESSION_ENGINE = "web.sessions"
+    browser = Client()
+    browser.force_login(alice)
+    assert browser.get("/api/me").status_code == 200  # the session is in the cache now
+    cookie = browser.cookies[django_settings.SESSION_COOKIE_NAME].value
+    raw = redis.Redis(host="127.0.0.1", port=own_redis.port)
+    raw.acl_setuser("default", enabled=True, nopass=True, commands=["-del", "-unlink"])
+    try:
+        browser.post("/accounts/logout/")
+    finally:
+        raw.acl_setuser("default", enabled=True, nopass=True, commands=["+del", "+unlink"])
+        raw.close()
+    time.sleep(RETRY)
+    again = Client()
+    again.cookies[django_settings.SESSION_COOKIE_NAME] = cookie
+    assert again.get("/api/me").status_code == 401

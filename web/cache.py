@@ -136,8 +136,7 @@ def _invalidate(keys: list[str], delete: Iterable[str] = ()) -> None:
         except UNAVAILABLE:
             failed = keys
         if failed:
-            _state.pending = True
-            _failed("invalidate")
+            lost_write("invalidate")
 
     if connection.in_atomic_block:
         bump()  # the rest of this transaction reads its own writes
@@ -213,6 +212,20 @@ def read(kind: str, keys: list[str], versions: list[str]) -> Read | None:
         _failed("get")
         metrics.CACHE_LOOKUPS.labels(kind, "unavailable").inc()
         return None
+
+
+def usable() -> BaseCache | None:
+    """The process's cache client if it may be used now (web/sessions.py); None: skip it."""
+    return _usable()
+
+
+def lost_write(op: str) -> None:
+    """A write (a bump, a session's save or delete) did not reach the cache: the epoch is
+    bumped once it answers, so nothing it kept from before is read again."""
+    if _backend() is None:
+        return  # no cache: nothing kept
+    _state.pending = True
+    _failed(op)
 
 
 def new_token() -> int:
