@@ -2,7 +2,7 @@
 
 Subscriptions follow their room through realtime/catchup.py (the resume
 guarantee lives there); events of the socket's user arrive through the channel
-layer's `listen` and are handled by the method named after their type.
+layer's `listen` and are handled by realtime/user_events.py's methods.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from redis.exceptions import RedisError
 
 from project import logs, metrics
 from realtime import drain, limits, protocol, publisher, recheck
-from realtime.auth import still_signed_in
 from realtime.catchup import NotificationStream, RoomStream, Stream
 from realtime.deadlines import db, sweep_connections
 from realtime.groups import room_group, user_group
@@ -41,10 +40,11 @@ from realtime.protocol import (
     Unsubscribe,
 )
 from realtime.tasks import spawn
+from realtime.user_events import UserEvents
 from realtime.wire import writer_for
 from web.access import aget_room_for_user
 from web.actions import Outgoing, do_read, do_typing
-from web.errors import ApiError, Forbidden, NotFound, RateLimited
+from web.errors import ApiError, RateLimited
 
 if TYPE_CHECKING:  # for hints only: sockets reach models through access helpers and actions
     from web.models import Room
@@ -55,7 +55,6 @@ log = structlog.get_logger(__name__)
 CLOSE_POLICY = 1008  # flooding, or too many connections
 CLOSE_TOO_LARGE = 1009
 CLOSE_TRY_AGAIN_LATER = 1013  # this process holds MAX_CONNECTIONS_PER_PROCESS sockets already
-CLOSE_SESSION_ENDED = 4001  # logged out, deactivated, or the token was revoked
 CLOSE_TOO_SLOW = 4002  # could not keep up; reconnect and resume with `since`
 CLOSE_SERVICE_RESTART = 1012  # the process is draining; reconnect (elsewhere) with `since`
 
@@ -70,7 +69,7 @@ RECEIVED = {
 INVALID = metrics.WS_FRAMES_RECEIVED.labels("invalid")
 
 
-class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is untyped
+class ChatConsumer(UserEvents, AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is untyped
     # Events reach sockets through the channel layer's fanout extension (realtime/layer.py),
     # not a channel per consumer: __call__ below reads no channel.
 
@@ -324,60 +323,6 @@ class ChatConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is
             self.notifications.stop()  # restarts from the new `since`
         self.notifications = NotificationStream(self, self.user.pk)
         await self.notifications.follow(command.since, ack=True, ref=command.ref)
-
-    # User events, from the channel layer: named after the event type, they only send or close.
-
-    def on_group_event(self, event: dict[str, Any]) -> None:
-        handler = getattr(self, get_handler_name(event), None)
-        if handler is not None:
-            spawn(handler(event), name=f"user event {event['type']}")
-
-    async def room_revoked(self, event: dict[str, Any]) -> None:
-        self.rooms.pop(event["room"], None)
-        group = room_group(event["room_id"])
-        if group in self.subs:
-            self._drop(group)
-            await self.send(
-                protocol.dumps({"type": "unsubscribed", "room": event["room"], "reason": "removed"})
-            )
-
-    async def feed_resumed(self, event: dict[str, Any]) -> None:
-        """The feed was lost for a while: forget checked rooms, and check private ones again."""
-        self.rooms.clear()
-        for stream in [e for e in self.subs.values() if e.room.private]:
-            try:
-                await db(aget_room_for_user(self.user, stream.room.slug))
-            except (Forbidden, NotFound):
-                await self.room_revoked({"room_id": stream.room.pk, "room": stream.room.slug})
-            except DatabaseError:
-                # Cannot tell now: stop sending it; the client resubscribes (access checked).
-                await self.resync(stream)
-
-    async def unread_changed(self, event: dict[str, Any]) -> None:
-        if event.get("origin") is None or event["origin"] != getattr(self, "origin", None):
-            frame = unread_frame(event["room"], event["count"], event["last_read_seq"])
-            await self.send(protocol.dumps(frame))
-
-    async def session_ended(self, event: dict[str, Any]) -> None:
-        session_key, token_ids = event.get("session_key"), event.get("token_ids")
-        if session_key is not None and session_key != self.session_key:
-            return
-        if token_ids is not None and self.token_id not in token_ids:
-            return
-        await self.close(code=CLOSE_SESSION_ENDED)
-
-    async def user_changed(self, event: dict[str, Any]) -> None:
-        """The account changed (password, active flag): close unless still signed in.
-
-        A session socket whose session no longer matches (the password changed) closes; a
-        token socket stays while its token and user are good.
-        """
-        try:
-            signed_in = await db(still_signed_in(self.user.pk, self.token_id, self.session_key))
-        except DatabaseError:
-            signed_in = False  # cannot tell: close, and the reconnect is checked afresh
-        if not signed_in and not self.closed:
-            await self.close(code=CLOSE_SESSION_ENDED)
 
     # What the drain (realtime/drain.py) asks of its socket.
 

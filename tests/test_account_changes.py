@@ -15,7 +15,7 @@ from django.db import connection
 from django.test import Client
 
 from realtime import recheck
-from realtime.consumers import CLOSE_SESSION_ENDED
+from realtime.user_events import CLOSE_SESSION_ENDED
 from tests.conftest import CaptureEvents
 from tests.forms import form_fields
 from tests.test_consumers import Socket, open_socket

@@ -9,8 +9,9 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.test import override_settings
 
-from realtime.consumers import CLOSE_POLICY, CLOSE_SESSION_ENDED, CLOSE_TOO_SLOW
+from realtime.consumers import CLOSE_POLICY, CLOSE_TOO_SLOW
 from realtime.groups import room_group
+from realtime.user_events import CLOSE_SESSION_ENDED
 from tests.test_consumers import connect, open_socket, session_socket, token_headers
 from web import actions
 from web.models import ApiToken, Room
