@@ -15,7 +15,7 @@ from django.test import Client
 from project.asgi import application
 from realtime import events
 from realtime.groups import room_group
-from web import actions
+from web import actions, cache
 from web.models import Membership, Message, Room
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -339,8 +339,10 @@ async def test_after_a_lost_feed_sockets_check_their_rooms_again(
         {"type": "publish", "ref": "p", "room": "den", "body": "x", "client_msg_id": "b1"}
     )
     await bob_ws.until("ack")
-    # Removed while the feed was down: the room.revoked event is lost with it.
+    # Removed while the feed was down: the room.revoked event is lost with it (the cache is
+    # told, as do_remove_member tells it: web/cache.py).
     await sync_to_async(Membership.objects.filter(room=den, user=bob).delete)()
+    await sync_to_async(cache.changed_memberships)([bob.pk])
     get_channel_layer().feed_lost()
     unsubscribed, _ = await bob_ws.until("unsubscribed")
     assert unsubscribed == {"type": "unsubscribed", "room": "den", "reason": "removed"}
