@@ -334,12 +334,13 @@ def test_secrets_are_files_the_settings_read(
     """Each *_FILE the ConfigMap names is a key of chat-secrets that project/settings.py reads."""
     config = find(docs["prod"], "ConfigMap", "chat-config")["data"]
     files = {k.removesuffix("_FILE"): v for k, v in config.items() if k.endswith("_FILE")}
-    assert set(files) == {"DATABASE_URL", "REDIS_URL", "SECRET_KEY"}
+    assert set(files) == {"DATABASE_URL", "REDIS_URL", "CACHE_URL", "SECRET_KEY"}
     assert all(v == f"/run/secrets/chat/{k}" for k, v in files.items())
     assert not [o for o in docs["prod"] if o["kind"] == "Secret"], "prod's Secret is made outside"
     values = {
         "DATABASE_URL": "postgres://chat:pw@db.example:5432/chat",
         "REDIS_URL": "redis://redis.example:6379/0",
+        "CACHE_URL": "redis://cache.example:6379/0",
         "SECRET_KEY": "k" * 50,
     }
     env = {k: v for k, v in os.environ.items() if k not in values and not k.endswith("_FILE")}
@@ -351,7 +352,7 @@ def test_secrets_are_files_the_settings_read(
     code = (
         "from django.conf import settings as s; import json; print(json.dumps("
         "[s.DATABASES['default']['ENGINE'], s.DATABASES['default']['HOST'], s.REDIS_URL,"
-        " s.CELERY_BROKER_URL, s.SECRET_KEY]))"
+        " s.CELERY_BROKER_URL, s.CACHES['default']['LOCATION'], s.SECRET_KEY]))"
     )
     result = run(sys.executable, "-c", code, cwd=ROOT, env=env)
     assert result.returncode == 0, result.stderr
@@ -360,6 +361,7 @@ def test_secrets_are_files_the_settings_read(
         "db.example",
         values["REDIS_URL"],
         values["REDIS_URL"],
+        values["CACHE_URL"],
         values["SECRET_KEY"],
     ]
 

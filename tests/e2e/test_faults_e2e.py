@@ -627,8 +627,8 @@ async def test_ten_thousand_connect_disconnect_cycles_leave_memory_files_and_key
         "REDIS_URL": redis_url(own_redis),
         "MAX_CONNECTIONS_PER_USER": str(WORKERS * 2),
         # A database pool of a fixed size, so its connections do not count as files leaked.
-        "DATABASE_POOL_MIN": "4",
-        "DATABASE_POOL_MAX": "4",
+        "DATABASE_POOL_MIN_SIZE": "4",
+        "DATABASE_POOL_MAX_SIZE": "4",
     }
     pod = spawn_pod("pod-churn", env)
     pid = pid_of(pod)
