@@ -32,7 +32,7 @@ def start(root: Path, count: int, port: int) -> State:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     (root / "logs").mkdir(parents=True)
     ports = {"haproxy": port}
-    for name in ("postgres", "redis", "haproxy_stats", "prometheus"):
+    for name in ("postgres", "redis", "haproxy_stats", "prometheus", "worker_metrics"):
         ports[name] = free_port()
     state = State(root=root, ports=ports)
     try:

@@ -19,6 +19,7 @@ UVICORN = (
     *("-m", "uvicorn", "project.asgi:application"),
     *("--ws", "realtime.wsserver:WebSocketProtocol"),
     *("--ws-max-size", "65536", "--ws-per-message-deflate", "false"),
+    *("--timeout-graceful-shutdown", "5"),
 )
 READY_PATH = "/readyz"
 START_TIMEOUT = 30.0
@@ -35,6 +36,8 @@ OWNED = frozenset(
         "STATIC_HASHED",
         "DJANGO_SETTINGS_MODULE",
         "CELERY_BEAT_SCHEDULE_FILENAME",
+        "CELERY_METRICS_PORT",
+        "PROMETHEUS_MULTIPROC_DIR",
     }
 )
 SETTING_NAME = re.compile(r"env\.(?:str|int|float|bool|list)\(\s*['\"]([A-Z][A-Z0-9_]*)['\"]")
@@ -95,10 +98,21 @@ def log_of(state: State, pod: Pod) -> Path:
 
 
 def start_worker(state: State) -> Proc:
-    """A Celery worker with beat embedded (-B): the cluster's only one, so the chores run once."""
+    """A Celery worker with beat embedded (-B): the cluster's only one, so the chores run once.
+
+    Its metrics (chat_celery_tasks_total) on a port of its own, its prefork children's
+    added up through an empty PROMETHEUS_MULTIPROC_DIR (docs/operations.md).
+    """
     log = state.root / "logs" / "worker.log"
+    multiproc = state.root / "worker-metrics"
+    multiproc.mkdir()
+    env = {
+        **app_env(state),
+        "CELERY_METRICS_PORT": str(state.ports["worker_metrics"]),
+        "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
+    }
     command = [sys.executable, "-m", "celery", "-A", "project", "worker", "-B", "-l", "info"]
-    proc = spawn(command, log, app_env(state), cwd=REPO)
+    proc = spawn(command, log, env, cwd=REPO)
     wait_log(proc, log, "ready.", START_TIMEOUT)
     return proc
 

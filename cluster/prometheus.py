@@ -25,6 +25,10 @@ scrape_configs:
   - job_name: chat
     file_sd_configs:
       - files: [targets.json]
+  - job_name: worker
+    static_configs:
+      - targets: ["127.0.0.1:{worker_metrics}"]
+        labels: {{namespace: cluster}}
   - job_name: haproxy
     static_configs:
       - targets: ["127.0.0.1:{haproxy_stats}"]
@@ -36,9 +40,12 @@ def root(state: State) -> Path:
 
 
 def write_targets(state: State) -> None:
-    """Every pod not drained on purpose, labelled pod="podN"; Prometheus watches the file."""
+    """Every pod not drained on purpose, labelled pod="podN"; Prometheus watches the file.
+
+    The labels are the ones the alert rules group by in Kubernetes (namespace, pod).
+    """
     targets = [
-        {"targets": [f"127.0.0.1:{pod.port}"], "labels": {"pod": pod.name}}
+        {"targets": [f"127.0.0.1:{pod.port}"], "labels": {"namespace": "cluster", "pod": pod.name}}
         for pod in state.pods
         if pod.state != DRAINED
     ]
@@ -91,7 +98,11 @@ def start(state: State, env: dict[str, str]) -> Proc:
     home = root(state)
     home.mkdir(parents=True, exist_ok=True)
     config = home / "prometheus.yml"
-    config.write_text(CONFIG.format(haproxy_stats=state.ports["haproxy_stats"]))
+    config.write_text(
+        CONFIG.format(
+            haproxy_stats=state.ports["haproxy_stats"], worker_metrics=state.ports["worker_metrics"]
+        )
+    )
     write_targets(state)
     state.rules = write_rules(state)
     binary = shutil.which("prometheus")
