@@ -13,6 +13,7 @@ from cluster.procs import StartFailed
 from cluster.state import DEFAULT_ROOT, REPO, State, locked
 
 DEFAULT_PORT = 8800
+READ_ONLY = frozenset({"status", "manage"})
 
 
 def parser() -> argparse.ArgumentParser:
@@ -47,13 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     root = args.dir.resolve()
     try:
+        if args.command in READ_ONLY:
+            return run(loaded(root), args)  # no waiting behind a drain in progress
         with locked(root):
             if args.command == "start":
                 state = control.start(root, args.pods, args.port)
                 print(summary(state))
                 return 0
-            state = loaded(root)
-            return run(state, args)
+            return run(loaded(root), args)
     except (StartFailed, LookupError, ValueError, RuntimeError) as error:
         print(f"cluster: {error}", file=sys.stderr)
         return 1
