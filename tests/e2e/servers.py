@@ -65,6 +65,9 @@ def base_env(overrides: Mapping[str, str]) -> dict[str, str]:
     keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ")
     env = {name: os.environ[name] for name in keep if name in os.environ}
     env["PYTHONUNBUFFERED"] = "1"
+    # A pod stopped with sockets open drains them over DRAIN_SECONDS (20 by default) and
+    # Pod.stop kills it after 5 s: tests that drain on purpose set their own.
+    env["DRAIN_SECONDS"] = "1"
     env.update(overrides)
     return env
 
