@@ -43,6 +43,7 @@ services:
 	@test -x /usr/sbin/haproxy || { apt-get update -q && apt-get install -yq haproxy; }  # make cluster
 	@command -v prometheus >/dev/null 2>&1 || { apt-get update -q && apt-get install -yq --no-install-recommends prometheus; }
 	@command -v promtool >/dev/null 2>&1 || { apt-get update -q && apt-get install -yq --no-install-recommends prometheus; }  # tests/test_k8s.py
+	@command -v wrk >/dev/null 2>&1 || { apt-get update -q && apt-get install -yq wrk; }  # bench/http_api.py
 
 # Tools with dependencies that clash with the app's pins, in their own venv: checkov (its
 # pins of packaging, boto3 and others would change .venv). tests/test_k8s.py runs it.
@@ -91,6 +92,7 @@ audit: $(STAMP)
 bench: $(STAMP) services
 	$(BIN)/python -m bench.run $(if $(QUICK),--quick) --command "make bench$(if $(QUICK), QUICK=1)"
 	$(BIN)/python -m bench.presence $(if $(QUICK),--members 200) --append docs/benchmarks.md
+	$(BIN)/python -m bench.http_api $(if $(QUICK),--quick) --append docs/benchmarks.md
 
 # A local multi-pod cluster on loopback (docs/operations.md): PODS uvicorn pods behind HAProxy,
 # their own PostgreSQL and Redis, a Celery worker and Prometheus, started detached from
