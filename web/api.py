@@ -30,31 +30,43 @@ def error_response(error: ApiError) -> HttpResponse:
     return json_response({"error": {"code": error.code, "message": error.message}}, error.status)
 
 
+def method_not_allowed(methods: tuple[str, ...]) -> HttpResponse:
+    allowed = ", ".join(methods)
+    response = error_response(ApiError(f"use {allowed}", code="method_not_allowed", status=405))
+    response["Allow"] = allowed
+    return response
+
+
+async def answer(call: Coroutine[Any, Any, HttpResponse]) -> HttpResponse:
+    """The view's response, or its error as JSON: every API view's envelope."""
+    try:
+        return await call
+    except ApiError as error:
+        return error_response(error)
+    except DataError:
+        # A value the database cannot hold (SQLSTATE class 22) is the request's fault, not
+        # an outage: `unavailable` would have the client retry it for ever.
+        logger.warning("request data refused by the database", exc_info=True)
+        return error_response(BadRequest("a value in the request cannot be stored"))
+    except DatabaseError:
+        logger.warning("database unavailable", exc_info=True)
+        return error_response(Unavailable("the database is unavailable; retry later"))
+
+
 def api_view(*methods: str) -> Callable[[View], View]:
     """Wrap an async view: authenticate, check the method, turn errors into JSON."""
 
     def decorate(view: View) -> View:
         @functools.wraps(view)
         async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-            try:
-                if request.method not in methods:
-                    response = error_response(
-                        ApiError(f"use {', '.join(methods)}", code="method_not_allowed", status=405)
-                    )
-                    response["Allow"] = ", ".join(methods)
-                    return response
+            if request.method not in methods:
+                return method_not_allowed(methods)
+
+            async def authenticated() -> HttpResponse:
                 user = await aauthenticate(request)
                 return await view(request, user, *args, **kwargs)
-            except ApiError as error:
-                return error_response(error)
-            except DataError:
-                # A value the database cannot hold (SQLSTATE class 22) is the request's fault, not
-                # an outage: `unavailable` would have the client retry it for ever.
-                logger.warning("request data refused by the database", exc_info=True)
-                return error_response(BadRequest("a value in the request cannot be stored"))
-            except DatabaseError:
-                logger.warning("database unavailable", exc_info=True)
-                return error_response(Unavailable("the database is unavailable; retry later"))
+
+            return await answer(authenticated())
 
         return wrapper
 

@@ -10,14 +10,21 @@ import logging
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.db import DatabaseError, DataError
 from django.http import HttpRequest, HttpResponse
 
 from web.access import anotifications_after, aservice_for_key
 from web.actions import notifications as actions
-from web.api import View, api_view, error_response, int_param, json_body, json_response
+from web.api import (
+    View,
+    answer,
+    api_view,
+    int_param,
+    json_body,
+    json_response,
+    method_not_allowed,
+)
 from web.auth import parse_bearer
-from web.errors import ApiError, BadRequest, Unauthorized, Unavailable
+from web.errors import BadRequest, Unauthorized
 
 logger = logging.getLogger(__name__)
 
@@ -54,26 +61,17 @@ def service_view(view: View) -> View:
 
     @functools.wraps(view)
     async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        try:
-            if request.method != "POST":
-                response = error_response(
-                    ApiError("use POST", code="method_not_allowed", status=405)
-                )
-                response["Allow"] = "POST"
-                return response
+        if request.method != "POST":
+            return method_not_allowed(("POST",))
+
+        async def authenticated() -> HttpResponse:
             raw = parse_bearer(request.headers.get("Authorization"))
             service = await aservice_for_key(raw) if raw else None
             if service is None:
                 raise Unauthorized("send Authorization: Bearer <service key>")
             return await view(request, service, *args, **kwargs)
-        except ApiError as error:
-            return error_response(error)
-        except DataError:
-            logger.warning("notify data refused by the database", exc_info=True)
-            return error_response(BadRequest("a value in the request cannot be stored"))
-        except DatabaseError:
-            logger.warning("database unavailable", exc_info=True)
-            return error_response(Unavailable("the database is unavailable; retry later"))
+
+        return await answer(authenticated())
 
     return wrapper
 
