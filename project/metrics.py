@@ -83,6 +83,11 @@ CACHE_LOOKUPS = Counter(
     "Reads through the cache, by what was read and hit, miss or unavailable (the database read)",
     ["kind", "result"],
 )
+# Reads meant for the read replica that went to the primary (project/db_router.py): error (the
+# replica failed), open (skipped after a failure), behind (it had not replayed what was needed).
+DB_REPLICA_FALLBACKS = Counter(
+    "chat_db_replica_fallbacks", "Replica reads served by the primary instead, by why", ["reason"]
+)
 
 
 def multiprocess_dir() -> str | None:

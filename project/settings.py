@@ -135,6 +135,19 @@ if secret("DATABASE_URL"):
         DATABASES["default"]["OPTIONS"]["options"] = (
             f"-c statement_timeout={env.int('DATABASE_STATEMENT_TIMEOUT_MS', 5000)}"
         )
+        # A streaming replica for history pages and room lists (project/db_router.py says which
+        # reads; docs/data.md why a lagging or stopped replica never hides an acked message).
+        # Same pool and timeouts as the primary; its pool counts in the sizing rule above too.
+        if secret("DATABASE_REPLICA_URL"):
+            DATABASES["replica"] = {
+                **env.db_url("DATABASE_REPLICA_URL"),
+                "OPTIONS": dict(DATABASES["default"]["OPTIONS"]),
+                "CONN_MAX_AGE": DATABASES["default"].get("CONN_MAX_AGE", 0),
+                # Tests run with it set read their test database through it, not a new one.
+                "TEST": {"MIRROR": "default"},
+            }
+            if _db_password and not DATABASES["replica"].get("PASSWORD"):
+                DATABASES["replica"]["PASSWORD"] = _db_password
 else:
     DATABASES = {
         "default": {
@@ -145,6 +158,11 @@ else:
             "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20},
         }
     }
+
+# Marked reads to the replica when there is one; everything else to the primary.
+DATABASE_ROUTERS = ["project.db_router.ReplicaRouter"]
+# After a replica error, marked reads go to the primary for this long before trying it again.
+DATABASE_REPLICA_RETRY_SECONDS = env.float("DATABASE_REPLICA_RETRY_SECONDS", default=5.0)
 
 # With REDIS_URL the channel layer (realtime/layer.py) runs over Redis pub/sub and processes
 # share it; without, it stays inside one process.

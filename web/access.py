@@ -11,10 +11,10 @@ import msgspec
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import connection
+from django.db import DatabaseError, connection, connections
 from django.db.models import Exists, OuterRef, Subquery
 
-from project import metrics
+from project import db_router, metrics
 from web import activity, cache
 from web.errors import Forbidden, NotFound
 from web.models import (
@@ -28,6 +28,7 @@ from web.models import (
     Webhook,
 )
 
+MAX_SEQ = 2**63 - 1
 IN_CHUNK = 1000  # ids per IN (...) list: SQLite caps the parameters of one statement
 # What may appear in a cache key as it is (memcached refuses spaces and control characters).
 SAFE_SLUG = re.compile(r"^[A-Za-z0-9_-]{1,50}$")
@@ -48,6 +49,10 @@ def _read(function: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
             # inside a transaction (tests run in one), where closing would break it.
             if getattr(connection, "pool", None) is not None and not connection.in_atomic_block:
                 connection.close()
+            if db_router.configured():
+                replica = connections[db_router.REPLICA]
+                if getattr(replica, "pool", None) is not None:
+                    replica.close()
 
     return sync_to_async(functools.wraps(function)(call), thread_sensitive=True)
 
@@ -134,7 +139,10 @@ def rooms_for_user(user: User) -> list[dict[str, Any]]:
     versions = [cache.EPOCH, cache.ROOMS, cache.user_version(user.pk), cache.reads_version(user.pk)]
     found = cache.read("rooms", [key], versions)
     if found is None:
-        return [_listed_json(room, user) for room in _listed_rooms(user)]
+        # Uncached, so the replica may answer (trailing it by its lag). What the cache keeps is
+        # read from the primary: a replica's older answer tagged with the current versions
+        # would stay stale after the replica caught up (docs/data.md, "The read replica").
+        return [_listed_json(room, user) for room in _from_replica(lambda: _listed_rooms(user))]
     tags = found.tags(*versions)
     cached = found.tagged(key, list[ListedRoom])
     known = cached[1] if cached is not None else []
@@ -213,6 +221,71 @@ def room_json(room: Room) -> dict[str, Any]:
         "private": room.private,
         "last_seq": room.last_seq,
     }
+
+
+def _from_replica(read: Callable[[], R]) -> R:
+    """`read()` on the replica if it is usable, else (or if it fails) on the primary."""
+    if not db_router.usable():
+        return read()
+    try:
+        with db_router.replica_reads():
+            return read()
+    except DatabaseError as error:
+        db_router.failed(error)
+        return read()
+
+
+def history_page(
+    room: Room, after: int | None, before: int | None, limit: int
+) -> list[dict[str, Any]]:
+    """Up to `limit` message frames in seq order: seq > after, or seq < before (neither: the
+    newest). From the replica when its page is the primary's, else from the primary.
+
+    A replica holds a prefix of the primary's commits and seqs are gap-free, so its page is
+    right when it reaches the edge the client asked for: `limit` rows after `after`, or the
+    row just below `before`. Short of that, it is right only if it reaches the room's
+    last_seq on the primary (one lookup by key); otherwise the primary is read. A client thus
+    never misses a message it was acked because the replica lags.
+    """
+    if not db_router.usable():
+        return _history(room, after, before, limit)
+    try:
+        with db_router.replica_reads():
+            frames = _history(room, after, before, limit)
+    except DatabaseError as error:
+        db_router.failed(error)
+        return _history(room, after, before, limit)
+    if _reaches_edge(frames, after, before, limit):
+        return frames
+    top = frames[-1]["seq"] if frames else (after or 0)
+    # The room as this request read it from the primary (its room check), when not cached.
+    last_seq: int | None = room.last_seq if "last_seq" not in room.get_deferred_fields() else None
+    if last_seq is None:
+        last_seq = Room.objects.filter(pk=room.pk).values_list("last_seq", flat=True).first()
+    if last_seq is None or top >= last_seq:
+        return frames
+    db_router.fallback("behind")
+    return _history(room, after, before, limit)
+
+
+ahistory_page = _read(history_page)
+
+
+def _history(room: Room, after: int | None, before: int | None, limit: int) -> list[dict[str, Any]]:
+    if after is not None:
+        rows = Message.objects.page_after(room.pk, after, limit)
+        return [m.to_event(room.slug, m.sender.get_username()) for m in rows]
+    rows = Message.objects.page_before(room.pk, MAX_SEQ if before is None else before, limit)
+    return [m.to_event(room.slug, m.sender.get_username()) for m in rows][::-1]
+
+
+def _reaches_edge(
+    frames: list[dict[str, Any]], after: int | None, before: int | None, limit: int
+) -> bool:
+    if after is not None:
+        return len(frames) >= limit
+    edge = (MAX_SEQ if before is None else before) - 1
+    return edge <= 0 or (bool(frames) and frames[-1]["seq"] >= edge)
 
 
 async def amessages_after(room: Room, after: int, limit: int) -> list[dict[str, Any]]:

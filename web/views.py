@@ -12,8 +12,7 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 from web import actions
 from web.access import (
     aget_room_for_user,
-    amessages_after,
-    amessages_before,
+    ahistory_page,
     anotification_counts,
     aonline_users,
     arooms_for_user,
@@ -84,20 +83,13 @@ async def messages(request: HttpRequest, user: Any, slug: str) -> HttpResponse:
     assert limit is not None  # noqa: S101 -- it has a default
     if after is not None and before is not None:
         raise BadRequest("give after or before, not both")
-    # One extra row tells whether there is more.
-    if before is not None:
-        page = await amessages_before(room, before, limit + 1)
-        has_more = len(page) > limit
-        page = page[1:] if has_more else page
-    elif after is not None:
-        page = await amessages_after(room, after, limit + 1)
-        has_more = len(page) > limit
-        page = page[:limit]
-    else:
-        # Neither: the newest page, as a client opening the room wants it.
-        page = await amessages_before(room, MAX_SEQ, limit + 1)
-        has_more = len(page) > limit
-        page = page[1:] if has_more else page
+    # One extra row tells whether there is more. Neither after nor before: the newest page,
+    # as a client opening the room wants it. From the replica when it is as fresh as the
+    # page needs (web/access.py).
+    page = await ahistory_page(room, after, before, limit + 1)
+    has_more = len(page) > limit
+    if has_more:
+        page = page[:limit] if after is not None else page[1:]
     return json_response({"messages": page, "has_more": has_more})
 
 
