@@ -1,0 +1,202 @@
+"""Read-replica routing against a real streaming replica of the test run's PostgreSQL.
+
+History pages and uncached room lists read the replica; a client's own history right after
+its ack, and cached lists, come from the primary; a stopped replica falls back to the primary.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.db import connections
+from django.db.backends.signals import connection_created
+from django.test import Client
+from prometheus_client import REGISTRY
+
+from project import db_router
+from tests.replica_server import Replica
+from web import actions, cache
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True, databases="__all__")]
+
+
+@pytest.fixture(scope="module")
+def replica(
+    django_db_setup: None,
+    django_db_blocker: Any,
+    postgresql_proc: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Replica]:
+    """A hot standby of the test database's server, known to Django as `replica`."""
+    server = Replica(
+        postgresql_proc.host,
+        int(postgresql_proc.port),
+        postgresql_proc.user,
+        Path(tmp_path_factory.mktemp("replica")),
+    )
+    server.create()
+    server.start()
+    with django_db_blocker.unblock():
+        primary = connections["default"].settings_dict
+    alias = copy.deepcopy(primary)
+    alias.update(HOST=server.host, PORT=str(server.port))
+    alias["TEST"] = {**alias.get("TEST", {}), "MIRROR": "default"}  # never flushed nor created
+    # connections.settings is settings.DATABASES once Django has filled in its defaults.
+    settings.DATABASES[db_router.REPLICA] = alias
+    connections.settings[db_router.REPLICA] = alias
+    try:
+        yield server
+    finally:
+        connections[db_router.REPLICA].close()
+        connections.settings.pop(db_router.REPLICA, None)
+        settings.DATABASES.pop(db_router.REPLICA, None)
+        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh(replica: Replica) -> Iterator[None]:
+    """Each test starts with the replica replaying and the breaker closed."""
+    replica.resume()
+    db_router.breaker.reset()
+    yield
+    db_router.breaker.reset()
+
+
+@pytest.fixture
+def replica_queries() -> Iterator[list[str]]:
+    """The SQL of every query sent to the replica during the test."""
+    seen: list[str] = []
+
+    def record(execute: Callable[..., Any], sql: str, *args: Any) -> Any:
+        seen.append(sql)
+        return execute(sql, *args)
+
+    def attach(sender: Any, connection: Any, **kwargs: Any) -> None:
+        if connection.alias == db_router.REPLICA:
+            connection.execute_wrappers.append(record)
+
+    connections[db_router.REPLICA].close()  # so the next one is made, and recorded
+    connection_created.connect(attach)
+    yield seen
+    connection_created.disconnect(attach)
+    connections[db_router.REPLICA].close()
+
+
+@pytest.fixture
+def no_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache off, as with REDIS_URL and no CACHE_URL: lists read the database each time."""
+    monkeypatch.setattr(cache._state, "backend", None)
+    monkeypatch.setattr(cache._state, "resolved", True)
+
+
+def fallbacks(reason: str) -> float:
+    return REGISTRY.get_sample_value("chat_db_replica_fallbacks_total", {"reason": reason}) or 0.0
+
+
+def auth(username: str) -> dict[str, str]:
+    return {"HTTP_AUTHORIZATION": f"Bearer {actions.do_issue_token(username)}"}
+
+
+def send(client: Client, headers: dict[str, str], slug: str, body: str) -> dict[str, Any]:
+    response = client.post(
+        f"/api/rooms/{slug}/messages",
+        {"body": body, "client_msg_id": body},
+        content_type="application/json",
+        **headers,  # type: ignore[arg-type]  # Client takes WSGI headers as keywords
+    )
+    assert response.status_code == 201, response.content
+    return dict(response.json())
+
+
+def get(client: Client, headers: dict[str, str], path: str) -> Any:
+    response = client.get(path, **headers)  # type: ignore[arg-type]  # as above
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def last_seqs(client: Client, headers: dict[str, str]) -> dict[str, int]:
+    return {room["slug"]: room["last_seq"] for room in get(client, headers, "/api/rooms")["rooms"]}
+
+
+def test_history_pages_and_uncached_lists_read_the_replica(
+    replica: Replica, alice: Any, no_cache: None, replica_queries: list[str]
+) -> None:
+    client, headers = Client(), auth("alice")
+    actions.do_create_room(alice, "attic", "Attic", private=False)
+    for n in range(3):
+        send(client, headers, "attic", f"m{n}")
+    replica.catch_up()
+
+    page = get(client, headers, "/api/rooms/attic/messages?after=0&limit=2")
+    assert [m["seq"] for m in page["messages"]] == [1, 2]
+    assert any("web_message" in sql for sql in replica_queries)
+    assert last_seqs(client, headers)["attic"] == 3
+    assert any("web_room" in sql for sql in replica_queries)
+
+    # With replay paused the replica still answers the list as it was: it is the one asked.
+    replica.pause()
+    send(client, headers, "attic", "m3")
+    assert last_seqs(client, headers)["attic"] == 3
+
+
+def test_own_history_right_after_the_ack_comes_from_the_primary(
+    replica: Replica, alice: Any
+) -> None:
+    client, headers = Client(), auth("alice")
+    actions.do_create_room(alice, "attic", "Attic", private=False)
+    send(client, headers, "attic", "old")
+    replica.catch_up()
+    replica.pause()
+    behind = fallbacks("behind")
+
+    acked = send(client, headers, "attic", "new")
+    newest = get(client, headers, "/api/rooms/attic/messages")["messages"]
+    assert [m["seq"] for m in newest] == [1, acked["seq"]]
+    resumed = get(client, headers, f"/api/rooms/attic/messages?after={acked['seq'] - 1}")
+    assert [m["body"] for m in resumed["messages"]] == ["new"]
+    assert fallbacks("behind") == behind + 2
+    # The replica really is behind: its copy has not the message yet.
+    assert replica.sql("SELECT count(*) FROM web_message", dbname=settings_name()) == 1
+
+
+def test_a_cached_list_is_filled_from_the_primary(replica: Replica, alice: Any) -> None:
+    client, headers = Client(), auth("alice")
+    actions.do_create_room(alice, "attic", "Attic", private=False)
+    send(client, headers, "attic", "one")
+    replica.catch_up()
+    assert last_seqs(client, headers)["attic"] == 1  # cached
+    replica.pause()
+    send(client, headers, "attic", "two")
+    assert last_seqs(client, headers)["attic"] == 2
+    replica.resume()
+    assert last_seqs(client, headers)["attic"] == 2
+
+
+def test_a_stopped_replica_falls_back_to_the_primary(
+    replica: Replica, alice: Any, no_cache: None
+) -> None:
+    client, headers = Client(), auth("alice")
+    actions.do_create_room(alice, "attic", "Attic", private=False)
+    send(client, headers, "attic", "one")
+    replica.catch_up()
+    get(client, headers, "/api/rooms")  # the replica's connection is open
+    errors, skipped = fallbacks("error"), fallbacks("open")
+    replica.stop()
+    try:
+        send(client, headers, "attic", "two")
+        page = get(client, headers, "/api/rooms/attic/messages")
+        assert [m["body"] for m in page["messages"]] == ["one", "two"]
+        assert last_seqs(client, headers)["attic"] == 2
+        assert fallbacks("error") == errors + 1
+        assert fallbacks("open") == skipped + 1  # the list did not try it again
+    finally:
+        replica.start()
+
+
+def settings_name() -> str:
+    return str(connections["default"].settings_dict["NAME"])
