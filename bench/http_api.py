@@ -194,6 +194,10 @@ def markdown(args: argparse.Namespace, results: dict[str, dict[str, dict[str, An
         f"python -m bench.http_api --concurrency {args.concurrency} --duration {args.duration} "
         f"--users {args.users} --rooms {args.rooms}"
     )
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
     rows = []
     for name, endpoints in results.items():
         cache, pool = CONFIGS[name]
@@ -208,15 +212,17 @@ def markdown(args: argparse.Namespace, results: dict[str, dict[str, dict[str, An
             )
     return (
         "\n## HTTP API: the cache and the pool, off and on\n\n"
-        f"`{command}`: one uvicorn process (production flags), a throwaway PostgreSQL and "
-        f"Redis, {args.users} token users each in {args.rooms} public rooms; wrk from "
-        f"{args.concurrency} keep-alive connections, {args.duration} s per endpoint, one "
-        "endpoint at a time. Publish: POST /api/rooms/<slug>/messages with a fresh "
-        "client_msg_id; room list: GET /api/rooms; history: GET "
-        "/api/rooms/<slug>/messages?before=N&limit=50 at random N. The cache is CACHE_URL in "
-        "Redis (off: none); the pool is psycopg's (DATABASE_POOL_MAX_SIZE 10; off: "
-        "DATABASE_POOL=0, a connection per request). Compare ratios within one run: the "
-        "machine's cores are shared with the load generator and the databases.\n\n"
+        f"`{command}` ({when}, commit {commit}): one uvicorn process (production flags), "
+        f"a throwaway PostgreSQL and Redis, {args.users} token users each in {args.rooms} "
+        f"public rooms; wrk from {args.concurrency} keep-alive connections, "
+        f"{args.duration} s per endpoint, one endpoint at a time. "
+        "Publish: POST /api/rooms/<slug>/messages with a fresh client_msg_id; "
+        "room list: GET /api/rooms; "
+        "history: GET /api/rooms/<slug>/messages?before=N&limit=50 at random N. "
+        "The cache is CACHE_URL in Redis (off: none); the pool is psycopg's "
+        "(DATABASE_POOL_MAX_SIZE 10; off: DATABASE_POOL=0, a connection per request). "
+        "Compare ratios within one run: the machine's cores are shared with the load "
+        "generator and the databases.\n\n"
         "| cache | pool | endpoint | requests/s | vs off/off | p50 ms | p99 ms | requests |\n"
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |\n" + "".join(rows)
     )
