@@ -225,14 +225,19 @@ def room_json(room: Room) -> dict[str, Any]:
 
 def _from_replica(read: Callable[[], R]) -> R:
     """`read()` on the replica if it is usable, else (or if it fails) on the primary."""
+    return _try_replica(read)[0]
+
+
+def _try_replica(read: Callable[[], R]) -> tuple[R, bool]:
+    """`read()`'s answer, and whether the replica gave it (else the primary did)."""
     if not db_router.usable():
-        return read()
+        return read(), False
     try:
         with db_router.replica_reads():
-            return read()
+            return read(), True
     except DatabaseError as error:
         db_router.failed(error)
-        return read()
+        return read(), False
 
 
 def history_page(
@@ -247,15 +252,8 @@ def history_page(
     last_seq on the primary (one lookup by key); otherwise the primary is read. A client thus
     never misses a message it was acked because the replica lags.
     """
-    if not db_router.usable():
-        return _history(room, after, before, limit)
-    try:
-        with db_router.replica_reads():
-            frames = _history(room, after, before, limit)
-    except DatabaseError as error:
-        db_router.failed(error)
-        return _history(room, after, before, limit)
-    if _reaches_edge(frames, after, before, limit):
+    frames, from_replica = _try_replica(lambda: _history(room, after, before, limit))
+    if not from_replica or _reaches_edge(frames, after, before, limit):
         return frames
     top = frames[-1]["seq"] if frames else (after or 0)
     # The room as this request read it from the primary (its room check), when not cached.
