@@ -20,9 +20,30 @@ from prometheus_client import REGISTRY
 
 from project import db_router
 from tests.replica_server import Replica
+from tests.settings_probe import settings_under
 from web import actions, cache
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True, databases="__all__")]
+# Each test with the replica commits (the replica sees only what is committed).
+replica_db = pytest.mark.django_db(transaction=True, databases="__all__")
+
+
+def test_settings_add_the_replica_only_when_its_url_is_set(tmp_path: Path) -> None:
+    url_file = tmp_path / "replica_url"
+    url_file.write_text("postgres://reader@replica.internal:5433/chat\n")
+    primary = {"DATABASE_URL": "postgres://app@primary.internal/chat", "DATABASE_PASSWORD": "pw"}
+    without, with_file = settings_under(
+        primary, {**primary, "DATABASE_REPLICA_URL_FILE": str(url_file)}, tmp_path=tmp_path
+    )
+    assert set(without["DATABASES"]) == {"default"}
+    replica = with_file["DATABASES"]["replica"]
+    assert (replica["HOST"], replica["PORT"], replica["USER"]) == (
+        "replica.internal",
+        5433,
+        "reader",
+    )
+    assert replica["PASSWORD"] == "pw"  # DATABASE_PASSWORD, when its URL has none
+    assert replica["OPTIONS"] == with_file["DATABASES"]["default"]["OPTIONS"]  # the same pool
+    assert replica["TEST"]["MIRROR"] == "default"
 
 
 @pytest.fixture(scope="module")
@@ -58,17 +79,17 @@ def replica(
         server.stop()
 
 
-@pytest.fixture(autouse=True)
-def _fresh(replica: Replica) -> Iterator[None]:
-    """Each test starts with the replica replaying and the breaker closed."""
+@pytest.fixture
+def standby(replica: Replica) -> Iterator[Replica]:
+    """The replica, replaying, with the breaker closed."""
     replica.resume()
     db_router.breaker.reset()
-    yield
+    yield replica
     db_router.breaker.reset()
 
 
 @pytest.fixture
-def replica_queries() -> Iterator[list[str]]:
+def replica_queries(standby: Replica) -> Iterator[list[str]]:
     """The SQL of every query sent to the replica during the test."""
     seen: list[str] = []
 
@@ -123,14 +144,16 @@ def last_seqs(client: Client, headers: dict[str, str]) -> dict[str, int]:
     return {room["slug"]: room["last_seq"] for room in get(client, headers, "/api/rooms")["rooms"]}
 
 
+@pytest.mark.e2e
+@replica_db
 def test_history_pages_and_uncached_lists_read_the_replica(
-    replica: Replica, alice: Any, no_cache: None, replica_queries: list[str]
+    standby: Replica, alice: Any, no_cache: None, replica_queries: list[str]
 ) -> None:
     client, headers = Client(), auth("alice")
     actions.do_create_room(alice, "attic", "Attic", private=False)
     for n in range(3):
         send(client, headers, "attic", f"m{n}")
-    replica.catch_up()
+    standby.catch_up()
 
     page = get(client, headers, "/api/rooms/attic/messages?after=0&limit=2")
     assert [m["seq"] for m in page["messages"]] == [1, 2]
@@ -139,19 +162,21 @@ def test_history_pages_and_uncached_lists_read_the_replica(
     assert any("web_room" in sql for sql in replica_queries)
 
     # With replay paused the replica still answers the list as it was: it is the one asked.
-    replica.pause()
+    standby.pause()
     send(client, headers, "attic", "m3")
     assert last_seqs(client, headers)["attic"] == 3
 
 
+@pytest.mark.e2e
+@replica_db
 def test_own_history_right_after_the_ack_comes_from_the_primary(
-    replica: Replica, alice: Any
+    standby: Replica, alice: Any
 ) -> None:
     client, headers = Client(), auth("alice")
     actions.do_create_room(alice, "attic", "Attic", private=False)
     send(client, headers, "attic", "old")
-    replica.catch_up()
-    replica.pause()
+    standby.catch_up()
+    standby.pause()
     behind = fallbacks("behind")
 
     acked = send(client, headers, "attic", "new")
@@ -161,32 +186,36 @@ def test_own_history_right_after_the_ack_comes_from_the_primary(
     assert [m["body"] for m in resumed["messages"]] == ["new"]
     assert fallbacks("behind") == behind + 2
     # The replica really is behind: its copy has not the message yet.
-    assert replica.sql("SELECT count(*) FROM web_message", dbname=settings_name()) == 1
+    assert standby.sql("SELECT count(*) FROM web_message", dbname=settings_name()) == 1
 
 
-def test_a_cached_list_is_filled_from_the_primary(replica: Replica, alice: Any) -> None:
+@pytest.mark.e2e
+@replica_db
+def test_a_cached_list_is_filled_from_the_primary(standby: Replica, alice: Any) -> None:
     client, headers = Client(), auth("alice")
     actions.do_create_room(alice, "attic", "Attic", private=False)
     send(client, headers, "attic", "one")
-    replica.catch_up()
+    standby.catch_up()
     assert last_seqs(client, headers)["attic"] == 1  # cached
-    replica.pause()
+    standby.pause()
     send(client, headers, "attic", "two")
     assert last_seqs(client, headers)["attic"] == 2
-    replica.resume()
+    standby.resume()
     assert last_seqs(client, headers)["attic"] == 2
 
 
+@pytest.mark.e2e
+@replica_db
 def test_a_stopped_replica_falls_back_to_the_primary(
-    replica: Replica, alice: Any, no_cache: None
+    standby: Replica, alice: Any, no_cache: None
 ) -> None:
     client, headers = Client(), auth("alice")
     actions.do_create_room(alice, "attic", "Attic", private=False)
     send(client, headers, "attic", "one")
-    replica.catch_up()
+    standby.catch_up()
     get(client, headers, "/api/rooms")  # the replica's connection is open
     errors, skipped = fallbacks("error"), fallbacks("open")
-    replica.stop()
+    standby.stop()
     try:
         send(client, headers, "attic", "two")
         page = get(client, headers, "/api/rooms/attic/messages")
@@ -195,7 +224,7 @@ def test_a_stopped_replica_falls_back_to_the_primary(
         assert fallbacks("error") == errors + 1
         assert fallbacks("open") == skipped + 1  # the list did not try it again
     finally:
-        replica.start()
+        standby.start()
 
 
 def settings_name() -> str:
