@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -33,6 +34,11 @@ from bench.room_list import Api, spawn_with
 from bench.services import Services
 
 ENDPOINTS = ("publish", "room list", "history")
+ROUTES = {  # as chat_db_queries_per_request labels them (web/middleware.py)
+    "publish": "api/rooms/<slug:slug>/messages",
+    "room list": "api/rooms",
+    "history": "api/rooms/<slug:slug>/messages",
+}
 CONFIGS = {  # name: (cache, pool)
     "off/off": (False, False),
     "cache only": (True, False),
@@ -111,6 +117,20 @@ def wrk(port: int, script: Path, args: argparse.Namespace, seconds: int) -> dict
     return result
 
 
+def queries(port: int, route: str) -> tuple[float, float]:
+    """(sum, count) of chat_db_queries_per_request for a route, from the server's /metrics."""
+    api = Api(port, "")
+    status, text = api.call("GET", "/metrics")
+    if status != 200:
+        raise RuntimeError(f"/metrics answered {status}")
+    found = []
+    for kind in ("sum", "count"):
+        pattern = rf'chat_db_queries_per_request_{kind}{{route="{re.escape(route)}"}} (\S+)'
+        match = re.search(pattern, text.decode())
+        found.append(float(match.group(1)) if match else 0.0)
+    return found[0], found[1]
+
+
 def lua(path: Path, mode: str, fixture: dict[str, Any], run: str, maxseq: int = 2) -> Path:
     def quoted(items: list[str]) -> str:
         return ", ".join(f'"{item}"' for item in items)
@@ -164,7 +184,10 @@ def configuration(
         for mode in ENDPOINTS:
             maxseq = check(server.port, fixture) if mode == "history" else 2
             script = lua(work / f"{mode.replace(' ', '-')}.lua", mode, fixture, run, maxseq)
+            before = queries(server.port, ROUTES[mode])
             results[mode] = wrk(server.port, script, args, args.duration)
+            after = queries(server.port, ROUTES[mode])
+            results[mode]["queries"] = (after[0] - before[0]) / max(after[1] - before[1], 1)
     finally:
         server.stop()
     return results
@@ -207,8 +230,7 @@ def markdown(args: argparse.Namespace, results: dict[str, dict[str, dict[str, An
             rows.append(
                 f"| {'on' if cache else 'off'} | {'on' if pool else 'off'} | {mode} "
                 f"| {r['rps']:,.0f} | {ratio} | {r['p50_us'] / 1000:.1f} "
-                f"| {r['p99_us'] / 1000:.1f} "
-                f"| {r['requests']:,} |\n"
+                f"| {r['p99_us'] / 1000:.1f} | {r['queries']:.2f} | {r['requests']:,} |\n"
             )
     return (
         "\n## HTTP API: the cache and the pool, off and on\n\n"
@@ -222,9 +244,11 @@ def markdown(args: argparse.Namespace, results: dict[str, dict[str, dict[str, An
         "The cache is CACHE_URL in Redis (off: none); the pool is psycopg's "
         "(DATABASE_POOL_MAX_SIZE 10; off: DATABASE_POOL=0, a connection per request). "
         "Compare ratios within one run: the machine's cores are shared with the load "
-        "generator and the databases.\n\n"
-        "| cache | pool | endpoint | requests/s | vs off/off | p50 ms | p99 ms | requests |\n"
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |\n" + "".join(rows)
+        "generator and the databases. Queries per request: the server's "
+        "chat_db_queries_per_request over the run (authentication included).\n\n"
+        "| cache | pool | endpoint | requests/s | vs off/off | p50 ms | p99 ms "
+        "| queries/request | requests |\n"
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n" + "".join(rows)
     )
 
 
