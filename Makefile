@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py demo_users
-	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py runserver $(HOST):$(PORT)
+	DEBUG=$${DEBUG:-1} DJANGO_SETTINGS_MODULE=project.settings_dev $(BIN)/python manage.py runserver $(HOST):$(PORT)
 
 # The Celery worker (project/celery.py) with beat embedded (-B: the periodic chores), for local
 # use: it needs a broker, CELERY_BROKER_URL or REDIS_URL (without one `make run` runs tasks

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 import uuid
 from collections.abc import MutableMapping
 from typing import Any
@@ -113,3 +114,29 @@ def formatter(style: str = "json") -> logging.Formatter:
             renderer,
         ],
     )
+
+
+def time_queries(sender: Any, connection: Any, **kwargs: Any) -> None:
+    """With DEBUG_SQL=1 (connected by web/apps.py): log each query of this database
+    connection with its time, on every connection Django opens (connection_created)."""
+    if log_query not in connection.execute_wrappers:
+        connection.execute_wrappers.append(log_query)
+
+
+def log_query(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+    """A Django execute wrapper: one `sql` line per statement, after it ran (or failed).
+
+    The statement as written, with its placeholders: parameters are not logged, since they
+    may hold password hashes, token hashes or message bodies.
+    """
+    start = time.perf_counter()
+    try:
+        return execute(sql, params, many, context)
+    finally:
+        structlog.get_logger("project.sql").debug(
+            "sql",
+            sql=sql,
+            duration_ms=round((time.perf_counter() - start) * 1000, 3),
+            alias=context["connection"].alias,
+            many=many,
+        )

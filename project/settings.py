@@ -392,6 +392,8 @@ PUBLISH_IN_FLIGHT = env.int("PUBLISH_IN_FLIGHT", default=2)
 # Structured logs (project/logs.py): one JSON object per line with the request or connection
 # id, or readable lines (LOG_FORMAT=console, the default with DEBUG, as in `make run`).
 LOG_FORMAT = env.str("LOG_FORMAT", default="console" if DEBUG else "json")
+# Every query logged with its time (project/logs.py: log_query), for profiling; not in production.
+DEBUG_SQL = env.bool("DEBUG_SQL", default=False)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -400,6 +402,8 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
         "django.channels.server": {"level": "WARNING"},
+        # DEBUG_SQL's lines; nothing logs here unless it is on.
+        "project.sql": {"level": "DEBUG"},
         # uvicorn prints through its own plain handlers: through ours instead.
         "uvicorn": {"handlers": ["console"], "level": "INFO", "propagate": False},
         # Its access line has the raw path and no request id; web/middleware.py logs each

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.apps import apps
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
@@ -40,3 +41,10 @@ urlpatterns = [
     # For Prometheus scraping pods; the Ingress does not route it (docs/operations.md).
     path("metrics", views_metrics.metrics_view),
 ]
+
+# django-debug-toolbar's URLs, only under project/settings_dev.py (`make run`): production
+# settings do not install it, and this module then never imports it.
+if apps.is_installed("debug_toolbar"):
+    from debug_toolbar.toolbar import debug_toolbar_urls
+
+    urlpatterns += debug_toolbar_urls()
