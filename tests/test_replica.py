@@ -229,3 +229,39 @@ def test_a_stopped_replica_falls_back_to_the_primary(
 
 def settings_name() -> str:
     return str(connections["default"].settings_dict["NAME"])
+
+
+@pytest.fixture
+def pooled(standby: Replica) -> Iterator[None]:
+    """The replica's connections from psycopg's pool, as in production."""
+    options = connections[db_router.REPLICA].settings_dict["OPTIONS"]
+    connections[db_router.REPLICA].close()
+    options["pool"] = {"min_size": 1, "max_size": 2, "timeout": 2.0}
+    yield
+    wrapper: Any = connections[db_router.REPLICA]  # PostgreSQL's wrapper: close_pool, pool
+    wrapper.close_pool()
+    del options["pool"]
+
+
+@pytest.mark.e2e
+@replica_db
+def test_with_the_pool_a_read_hands_the_replica_connection_back(
+    standby: Replica, alice: Any, no_cache: None, pooled: None
+) -> None:
+    client, headers = Client(), auth("alice")
+    actions.do_create_room(alice, "attic", "Attic", private=False)
+    send(client, headers, "attic", "one")
+    standby.catch_up()
+    replica: Any = connections[db_router.REPLICA]  # PostgreSQL's wrapper, with .pool
+    assert last_seqs(client, headers)["attic"] == 1
+    assert replica.pool is not None
+    assert replica.connection is None  # back in the pool while the response is written
+    assert replica.pool.get_stats()["requests_num"] >= 1  # it was taken from the pool
+    errors = fallbacks("error")
+    standby.stop()
+    try:
+        page = get(client, headers, "/api/rooms/attic/messages")
+        assert [m["body"] for m in page["messages"]] == ["one"]
+        assert fallbacks("error") == errors + 1
+    finally:
+        standby.start()
