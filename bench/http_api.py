@@ -218,9 +218,12 @@ def markdown(args: argparse.Namespace, results: dict[str, dict[str, dict[str, An
         f"--users {args.users} --rooms {args.rooms}"
     )
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
+    commit = (
+        subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        or "unknown (not a git checkout)"
+    )
     rows = []
     for name, endpoints in results.items():
         cache, pool = CONFIGS[name]
