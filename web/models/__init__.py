@@ -103,8 +103,12 @@ class Membership(models.Model):
         OWNER = "owner"
         MEMBER = "member"
 
+    # No separate index: the (user, room) unique constraint leads with user (docs/data.md).
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="memberships",
+        db_index=False,
     )
     room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=10, choices=Role.choices, default=Role.MEMBER)

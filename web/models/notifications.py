@@ -133,8 +133,12 @@ class NotificationManager(models.Manager["Notification"]):
 
 
 class Notification(models.Model):
+    # No separate index: the (user, seq) unique constraint leads with user (docs/data.md).
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="notifications",
+        db_index=False,
     )
     seq = models.BigIntegerField()
     kind = models.CharField(max_length=64)

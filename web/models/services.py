@@ -46,7 +46,10 @@ class ServiceKey(models.Model):
 class IdempotencyKey(models.Model):
     """The first answer to a service's request with this key (kept 24 hours)."""
 
-    service = models.ForeignKey(ServiceKey, on_delete=models.CASCADE, related_name="+")
+    # No separate index: the (service, key) unique constraint leads with service.
+    service = models.ForeignKey(
+        ServiceKey, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
     key = models.CharField(max_length=200)
     status = models.PositiveSmallIntegerField()
     response = models.JSONField()
