@@ -1,6 +1,6 @@
 """The storing path on one PostgreSQL primary: its ceiling, its bytes, its history reads.
 
-    python -m bench.storage               # the figures docs/scaling.md quotes (about 2 minutes)
+    python -m bench.storage               # the figures docs/scaling.md quotes (about a minute)
     python -m bench.storage --quick       # seconds; what tests/test_bench_storage.py runs
     python -m bench.storage --json FILE   # also write the figures as JSON
 
