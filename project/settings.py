@@ -15,19 +15,9 @@ from urllib.parse import urlsplit
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from project.environment import env, secret
+
 BASE_DIR = Path(__file__).resolve().parent.parent
-
-# Any variable may also come from the file NAME_FILE points at.
-env = environ.FileAwareEnv()
-
-
-def secret(name: str) -> str | None:
-    """A secret from NAME, or from the file that NAME_FILE points at."""
-    # Read through env.ENVIRON, not env.str: env.str would take a value starting with "$" as
-    # the name of another variable to read (Django's generated keys may start with "$"), and
-    # would keep the newline a mounted file ends with.
-    value = env.ENVIRON.get(name)
-    return value.strip() if value is not None else None
 
 
 DEBUG = env.bool("DEBUG", default=False)
@@ -243,64 +233,8 @@ CACHES = {
 if CACHE_URL:
     SESSION_ENGINE = "web.sessions"
 
-# Background work (project/celery.py, web/tasks.py): webhooks, mention emails, chores.
-# Without a broker tasks run eagerly in the process that sends them (`make run` needs no worker);
-# a failing task then only logs, it never breaks the request that sent it.
-CELERY_BROKER_URL = secret("CELERY_BROKER_URL") or REDIS_URL
-CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
-CELERY_TASK_EAGER_PROPAGATES = False
-CELERY_TASK_IGNORE_RESULT = True  # no result backend: tasks record their outcome in the database
-CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# A request that enqueues while the broker is down gives up within about a second (logged).
-CELERY_BROKER_CONNECTION_TIMEOUT = env.float("CELERY_BROKER_CONNECTION_TIMEOUT", default=2.0)
-CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2}
-# Late acks: a delivery a worker was killed in the middle of is run again (at least once).
-CELERY_TASK_ACKS_LATE = True
-CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # keep LOGGING's format
-# Celery beat's file scheduler keeps its last-run times here (a writable path).
-CELERY_BEAT_SCHEDULE_FILENAME = env.str(
-    "CELERY_BEAT_SCHEDULE_FILENAME", default=str(BASE_DIR / "var" / "celerybeat-schedule")
-)
-MENTION_EMAIL_EVERY_SECONDS = env.float("MENTION_EMAIL_EVERY_SECONDS", default=60.0)
-CELERY_BEAT_SCHEDULE = {
-    "mention-emails": {
-        "task": "web.tasks.send_mention_emails",
-        "schedule": MENTION_EMAIL_EVERY_SECONDS,
-    },
-    "purge-idempotency-keys": {"task": "web.tasks.purge_idempotency_keys", "schedule": 3600.0},
-    "purge-webhook-deliveries": {"task": "web.tasks.purge_webhook_deliveries", "schedule": 3600.0},
-}
-
-# Outgoing webhooks (web/webhooks.py). Private, loopback and link-local addresses are refused
-# (SSRF, docs/security.md) unless WEBHOOK_ALLOW_PRIVATE=1, for tests and local receivers.
-WEBHOOK_ALLOW_PRIVATE = env.bool("WEBHOOK_ALLOW_PRIVATE", default=False)
-WEBHOOK_MAX_PER_USER = env.int("WEBHOOK_MAX_PER_USER", default=10)
-WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=5.0)
-# Tries per delivery, waiting a random 0..base*2**n seconds (full jitter) after the nth failure.
-WEBHOOK_MAX_TRIES = env.int("WEBHOOK_MAX_TRIES", default=6)
-WEBHOOK_RETRY_BACKOFF_SECONDS = env.float("WEBHOOK_RETRY_BACKOFF_SECONDS", default=10.0)
-WEBHOOK_RETRY_BACKOFF_MAX_SECONDS = env.float("WEBHOOK_RETRY_BACKOFF_MAX_SECONDS", default=600.0)
-WEBHOOK_DELIVERY_RETENTION_DAYS = env.int("WEBHOOK_DELIVERY_RETENTION_DAYS", default=7)
-IDEMPOTENCY_KEY_HOURS = env.int("IDEMPOTENCY_KEY_HOURS", default=24)
-
-# Mention emails (web/tasks.py): a user mentioned and away (no open socket) this long gets one
-# summary of their unread mentions. SMTP with EMAIL_HOST, else printed to the console.
-MENTION_EMAIL_AFTER_SECONDS = env.float("MENTION_EMAIL_AFTER_SECONDS", default=600.0)
-EMAIL_HOST = env.str("EMAIL_HOST", default="")
-EMAIL_BACKEND = env.str(
-    "EMAIL_BACKEND",
-    default="django.core.mail.backends.smtp.EmailBackend"
-    if EMAIL_HOST
-    else "django.core.mail.backends.console.EmailBackend",
-)
-EMAIL_PORT = env.int("EMAIL_PORT", default=25)
-EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
-EMAIL_HOST_PASSWORD = secret("EMAIL_HOST_PASSWORD") or ""
-EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
-EMAIL_USE_SSL = env.bool("EMAIL_USE_SSL", default=False)
-EMAIL_TIMEOUT = env.float("EMAIL_TIMEOUT", default=10.0)
-DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="chat@localhost")
+# Background work (Celery, webhooks, mention emails): project/background_settings.py.
+from project.background_settings import *  # noqa: E402, F403
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -421,77 +355,6 @@ CSRF_FAILURE_VIEW = "web.errors_views.csrf_failure"
 # The API takes small JSON bodies; anything bigger is refused with 413 before parsing.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024
 
-# Flood control (realtime/limits.py). Load tests raise these on the server they target.
-# Per-user limits are cluster-wide with REDIS_URL (shared through Redis); without it, and while
-# Redis does not answer, each process keeps its own (K processes: up to K times as much).
-PUBLISH_RATE = env.float("PUBLISH_RATE", default=10.0)  # per connection, per second
-PUBLISH_BURST = env.float("PUBLISH_BURST", default=30.0)
-# Per user. In Redis a moving window of USER_PUBLISH_BURST per ceil(burst / rate) seconds.
-USER_PUBLISH_RATE = env.float("USER_PUBLISH_RATE", default=20.0)
-USER_PUBLISH_BURST = env.float("USER_PUBLISH_BURST", default=60.0)
-TYPING_RATE = env.float("TYPING_RATE", default=2.0)  # per connection; per user twice this
-TYPING_BURST = env.float("TYPING_BURST", default=5.0)
-# After RATE_STRIKES refusals (refilled at RATE_STRIKES_PER_SECOND) the socket is closed, 1008.
-RATE_STRIKES = env.float("RATE_STRIKES", default=20.0)
-RATE_STRIKES_PER_SECOND = env.float("RATE_STRIKES_PER_SECOND", default=1.0)
-MAX_CONNECTIONS_PER_USER = env.int("MAX_CONNECTIONS_PER_USER", default=20)  # per user
-# Websockets one process holds at most; past it a new one is closed with 1013 (try again later).
-MAX_CONNECTIONS_PER_PROCESS = env.int("MAX_CONNECTIONS_PER_PROCESS", default=15000)
-# With REDIS_URL each process re-announces its sockets every CONNECTION_REFRESH_SECONDS; those
-# of a process that died stop counting CONNECTION_TTL_SECONDS after its last refresh.
-CONNECTION_TTL_SECONDS = env.float("CONNECTION_TTL_SECONDS", default=60.0)
-CONNECTION_REFRESH_SECONDS = env.float("CONNECTION_REFRESH_SECONDS", default=15.0)
-# Each Redis call of the limits waits this long at most; after a failure, the per-process limits
-# apply and Redis is tried again LIMITS_REDIS_RETRY_SECONDS later.
-LIMITS_REDIS_TIMEOUT = env.float("LIMITS_REDIS_TIMEOUT", default=0.3)
-LIMITS_REDIS_RETRY_SECONDS = env.float("LIMITS_REDIS_RETRY_SECONDS", default=1.0)
-# The longest a socket waits on one database call before answering `unavailable`.
-DATABASE_DEADLINE_SECONDS = env.float("DATABASE_DEADLINE_SECONDS", default=10.0)
-# A socket that cannot catch up within this many seconds is closed (4002); it resumes with since.
-SLOW_CLIENT_SECONDS = env.float("SLOW_CLIENT_SECONDS", default=30.0)
-# Sockets re-read their users and tokens this often: the bound for a deactivation, password
-# change or revocation made behind Django's back (raw SQL); through Django it is at once.
-AUTH_RECHECK_SECONDS = env.float("AUTH_RECHECK_SECONDS", default=30.0)
-# A stored message or user event Redis did not take is published again this often until it
-# is; at most REBROADCAST_MAX wait (older ones are then left to the database catch-up).
-REBROADCAST_SECONDS = env.float("REBROADCAST_SECONDS", default=0.5)
-REBROADCAST_MAX = env.int("REBROADCAST_MAX", default=10_000)
-
-# Redis clients (realtime/redis_clients.py): how long each kind of call may wait.
-REDIS_CONNECT_TIMEOUT_SECONDS = env.float("REDIS_CONNECT_TIMEOUT_SECONDS", default=5.0)
-# The pub/sub connection's reads; a quiet connection is PINGed every REDIS_HEALTH_CHECK_SECONDS.
-REDIS_FEED_TIMEOUT_SECONDS = env.float("REDIS_FEED_TIMEOUT_SECONDS", default=15.0)
-REDIS_HEALTH_CHECK_SECONDS = env.int("REDIS_HEALTH_CHECK_SECONDS", default=10)
-# A PUBLISH (then the broadcast is retried every REBROADCAST_SECONDS).
-REDIS_PUBLISH_TIMEOUT_SECONDS = env.float("REDIS_PUBLISH_TIMEOUT_SECONDS", default=2.0)
-# A socket joining a group waits this long for Redis to confirm the subscription.
-FEED_JOIN_TIMEOUT_SECONDS = env.float("FEED_JOIN_TIMEOUT_SECONDS", default=5.0)
-# After the feed is lost, reconnect attempts back off up to this.
-FEED_RECONNECT_MAX_SECONDS = env.float("FEED_RECONNECT_MAX_SECONDS", default=5.0)
-# Broadcasts that overtook each other are held this long (at most this many per room) for the
-# ones before them, so each process restores seq order once instead of each socket catching up.
-FANOUT_REORDER_SECONDS = env.float("FANOUT_REORDER_SECONDS", default=0.05)
-FANOUT_REORDER_MAX = env.int("FANOUT_REORDER_MAX", default=1000)
-# A socket with more than this queued for it is too slow (it catches up from the database, and
-# is closed with 4002 after SLOW_CLIENT_SECONDS); the close frame's grace period after that.
-SLOW_CLIENT_BUFFER_BYTES = env.int("SLOW_CLIENT_BUFFER_BYTES", default=512 * 1024)
-SLOW_CLIENT_PENDING_SENDS = env.int("SLOW_CLIENT_PENDING_SENDS", default=256)
-CLOSE_GRACE_SECONDS = env.float("CLOSE_GRACE_SECONDS", default=5.0)
-# Rooms a socket remembers it was let into (those it used), so publishing is not a query each.
-SOCKET_ROOMS_REMEMBERED = env.int("SOCKET_ROOMS_REMEMBERED", default=256)
-# On SIGTERM the process drains (realtime/drain.py): not ready at once, new sockets refused,
-# open ones closed with 1012 spread evenly over this many seconds, then it exits. Keep it well
-# under Kubernetes' terminationGracePeriodSeconds (docs/operations.md).
-DRAIN_SECONDS = env.float("DRAIN_SECONDS", default=20.0)
-
-# Presence (realtime/presence.py). Each process re-scores its users in Redis every
-# PRESENCE_HEARTBEAT_SECONDS (and sweeps its rooms' expired ones then); a process killed
-# without a goodbye loses its users PRESENCE_TTL_SECONDS after its last heartbeat, seen by
-# the next sweep and sent at the next flush: at most TTL + HEARTBEAT + FLUSH (25.5 s) after
-# it died. Joins and leaves go out batched, one frame per room every PRESENCE_FLUSH_SECONDS.
-PRESENCE_HEARTBEAT_SECONDS = env.float("PRESENCE_HEARTBEAT_SECONDS", default=5.0)
-PRESENCE_TTL_SECONDS = env.float("PRESENCE_TTL_SECONDS", default=20.0)
-PRESENCE_FLUSH_SECONDS = env.float("PRESENCE_FLUSH_SECONDS", default=0.5)
-# A typing notice is relayed at most once per this many seconds per user and room (cluster-wide
-# with REDIS_URL); the others are dropped without an error.
-TYPING_INTERVAL_SECONDS = env.float("TYPING_INTERVAL_SECONDS", default=3.0)
+# The websocket server's tunables (flood control, timeouts, fan-out, drain, presence), each
+# from the environment: project/realtime_settings.py.
+from project.realtime_settings import *  # noqa: E402, F403

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from project.settings import secret
+from project.environment import secret
 
 # FileAwareEnv caches what it read from a file per name for the process: one name per test.
 
