@@ -1,10 +1,8 @@
-"""Users' API tokens, rooms, memberships and the durable message log."""
+"""Rooms, memberships and the durable message log; the other models are re-exported here."""
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import secrets
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -16,48 +14,6 @@ from django.db.models import Exists, OuterRef, Q
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
-
-
-TOKEN_PREFIX = "ct_"  # noqa: S105 -- a marker that makes leaked tokens greppable, not a secret
-
-
-def hash_token(raw: str) -> str:
-    # Tokens are 256 random bits, so a fast hash is enough: there is nothing to brute-force.
-    return hashlib.sha256(raw.encode()).hexdigest()
-
-
-class ApiTokenManager(models.Manager["ApiToken"]):
-    def issue(self, user: User, name: str = "") -> tuple[ApiToken, str]:
-        """Create a token and return it with its raw value, which is never stored."""
-        raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        token = self.create(user=user, key_hash=hash_token(raw), name=name)
-        return token, raw
-
-    async def afor_raw(self, raw: str) -> ApiToken | None:
-        """The live token (with its active user) for a raw value, or None."""
-        return (
-            await self.select_related("user")
-            .filter(key_hash=hash_token(raw), revoked_at__isnull=True, user__is_active=True)
-            .afirst()
-        )
-
-    async def auser_for(self, raw: str) -> Any | None:
-        """The active user a raw token belongs to, or None."""
-        token = await self.afor_raw(raw)
-        return token.user if token else None
-
-
-class ApiToken(models.Model):
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
-    name = models.CharField(max_length=100, blank=True)
-    key_hash = models.CharField(max_length=64, unique=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-
-    objects = ApiTokenManager()
-
-    def __str__(self) -> str:
-        return f"token {self.pk} of user {self.user_id}"
 
 
 class RoomManager(models.Manager["Room"]):
@@ -397,5 +353,8 @@ from web.models.notifications import Inbox as Inbox  # noqa: E402
 from web.models.notifications import Notification as Notification  # noqa: E402
 from web.models.services import IdempotencyKey as IdempotencyKey  # noqa: E402
 from web.models.services import ServiceKey as ServiceKey  # noqa: E402
+from web.models.tokens import TOKEN_PREFIX as TOKEN_PREFIX  # noqa: E402
+from web.models.tokens import ApiToken as ApiToken  # noqa: E402
+from web.models.tokens import hash_token as hash_token  # noqa: E402
 from web.models.webhooks import Webhook as Webhook  # noqa: E402
 from web.models.webhooks import WebhookDelivery as WebhookDelivery  # noqa: E402
