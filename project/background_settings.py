@@ -5,12 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from project import redis_config
 from project.environment import env, secret
 
 # Background work (project/celery.py, web/tasks.py): webhooks, mention emails, chores.
 # Without a broker tasks run eagerly in the process that sends them (`make run` needs no worker);
 # a failing task then only logs, it never breaks the request that sent it.
-CELERY_BROKER_URL = secret("CELERY_BROKER_URL") or secret("REDIS_URL")
+# With REDIS_SENTINELS the broker is kombu's Sentinel transport, following the master too.
+CELERY_BROKER_URL = secret("CELERY_BROKER_URL") or redis_config.redis_url(secret)
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
+if _sentinel := redis_config.sentinel_of(CELERY_BROKER_URL):
+    CELERY_BROKER_URL, CELERY_BROKER_TRANSPORT_OPTIONS = _sentinel.celery_broker()
 CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
 CELERY_TASK_EAGER_PROPAGATES = False
 CELERY_TASK_IGNORE_RESULT = True  # no result backend: tasks record their outcome in the database

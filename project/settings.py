@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from project import redis_config
 from project.environment import env, secret
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -155,8 +156,10 @@ DATABASE_ROUTERS = ["project.db_router.ReplicaRouter"]
 DATABASE_REPLICA_RETRY_SECONDS = env.float("DATABASE_REPLICA_RETRY_SECONDS", default=5.0)
 
 # With REDIS_URL the channel layer (realtime/layer.py) runs over Redis pub/sub and processes
-# share it; without, it stays inside one process.
-REDIS_URL = secret("REDIS_URL")
+# share it; without, it stays inside one process. Or REDIS_SENTINELS + REDIS_SENTINEL_MASTER:
+# then REDIS_URL is a redis+sentinel:// URL that realtime/redis_clients.py follows through
+# Sentinel (project/redis_config.py; any other mix of Redis settings stops the start-up).
+REDIS_URL = redis_config.redis_url(secret)
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "realtime.layer.ChatChannelLayer",
