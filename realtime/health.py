@@ -30,6 +30,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from project import metrics
+from realtime import redis_clients
 from realtime.process import get_process
 from realtime.tasks import spawn
 
@@ -76,7 +77,7 @@ class Health:
             self._drop_redis()  # the setting changed (tests)
         if self.redis is None:
             self.redis_url = url
-            self.redis = redis.asyncio.Redis.from_url(
+            self.redis = redis_clients.async_client(
                 url,
                 socket_connect_timeout=CHECK_TIMEOUT,
                 socket_timeout=CHECK_TIMEOUT,
