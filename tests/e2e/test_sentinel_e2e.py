@@ -12,8 +12,10 @@ resubscribe there), and every reader ends with every message exactly once, in or
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
+import json
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -24,6 +26,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+from kombu.connection import Connection as BrokerConnection
 from pytest_redis.config import get_config
 
 from project.redis_config import SentinelConfig
@@ -43,6 +46,7 @@ PACE = 0.05  # seconds between one writer's publishes: before, during and after 
 BEFORE_KILL = 40  # acks before the master is killed
 AFTER_BACK = 20  # acks after every reader got a delivery again
 STALL_BOUND = 20.0
+QUEUE = "sentinel-e2e-queue"  # a broker queue this test fills
 
 
 @dataclass
@@ -166,6 +170,17 @@ async def returning() -> AsyncIterator[Callable[..., ReturningClient]]:
     await asyncio.gather(*(client.close() for client in made))
 
 
+def broker_put(config: SentinelConfig, body: str) -> None:
+    """A message into a queue through Celery's broker settings (kombu's Sentinel transport)."""
+    url, options = config.celery_broker()
+    # kombu is only partly typed.
+    connection = BrokerConnection(url, transport_options=options)  # type: ignore[no-untyped-call]
+    with connection as broker:
+        queue = broker.SimpleQueue(QUEUE)
+        queue.put({"body": body})
+        queue.close()
+
+
 def _message_times(client: ReturningClient, room: str) -> list[float]:
     return sorted(
         at
@@ -225,6 +240,7 @@ async def test_a_sentinel_failover_loses_repeats_and_reorders_nothing(
     assert publisher.set("sentinel-e2e", "before")
     assert await async_publisher.get("sentinel-e2e") == b"before"
     assert await limits.get("sentinel-e2e") == b"before"
+    await asyncio.to_thread(broker_put, sentinels.config, "before")
 
     stop = asyncio.Event()
 
@@ -285,6 +301,13 @@ async def test_a_sentinel_failover_loses_repeats_and_reorders_nothing(
     assert publisher.info("server")["tcp_port"] == sentinels.replica_port
     assert await async_publisher.get("sentinel-e2e") == b"after"
     assert await limits.get("sentinel-e2e") == b"after"
+    await asyncio.to_thread(broker_put, sentinels.config, "after")
+    with redis.Redis(port=sentinels.replica_port) as promoted_replica:
+        queued = [
+            json.loads(base64.b64decode(json.loads(raw)["body"]))["body"]
+            for raw in promoted_replica.lrange(QUEUE, 0, -1)
+        ]
+        assert "after" in queued, queued
     for pod in pods:
         ready = await Http(pod.url).get("/readyz")
         assert ready.status == 200, ready.text
