@@ -19,7 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.services import PG_CTL, free_port
+from bench.services import start_postgres
 
 SEED = """
 INSERT INTO auth_user (password, is_superuser, username, first_name, last_name, email,
@@ -60,25 +60,6 @@ SELECT w.id, n.id, 'delivered', 1, '', n.created_at, n.created_at
 FROM web_webhook w JOIN web_notification n ON n.user_id = w.user_id;
 ANALYZE;
 """
-
-
-def start_postgres(tmp: Path) -> tuple[Any, int]:
-    from pytest_postgresql.executors.proc import PostgreSQLExecutor
-
-    port = free_port()
-    postgres = PostgreSQLExecutor(
-        executable=str(PG_CTL),
-        host="127.0.0.1",
-        port=port,
-        datadir=str(tmp / "data"),
-        unixsocketdir=str(tmp),
-        logfile=str(tmp / "postgres.log"),
-        startparams="-w",
-        dbname="chat",
-        postgres_options="",
-    )
-    postgres.start()
-    return postgres, port
 
 
 def setup_django(port: int) -> None:

@@ -64,6 +64,34 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None, log: Path | N
     raise RuntimeError(f"nothing listening on port {port} after {READY_TIMEOUT}s")
 
 
+def start_postgres(tmp: Path, options: str = "") -> tuple[PostgreSQLExecutor, int]:
+    """A throwaway PostgreSQL in `tmp` on a free loopback port, answering when this returns."""
+    port = free_port()
+    postgres = PostgreSQLExecutor(
+        executable=str(PG_CTL),
+        host="127.0.0.1",
+        port=port,
+        datadir=str(tmp / "data"),
+        unixsocketdir=str(tmp),
+        logfile=str(tmp / "postgres.log"),
+        startparams="-w",
+        dbname="chat",
+        postgres_options=options,
+    )
+    # pg_ctl -w sometimes gives up early on a busy machine: wait for the server here instead.
+    with contextlib.suppress(Exception):
+        postgres.start()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres").close()
+            return postgres, port
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def raise_open_files_limit() -> int:
     """Servers and generator inherit this: 10,000 connections need 10,000+ descriptors."""
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.explain import setup_django
-from bench.services import PG_CTL, free_port
+from bench.services import start_postgres
 
 ROOMS = 100
 BODY = "x" * 60  # a typical chat line; bytes per message below are for this body
@@ -62,37 +62,6 @@ class ReadCell:
     page_ms_p99: float
     server_ms_median: float
     plan: str
-
-
-def start_postgres(tmp: Path) -> tuple[Any, int]:
-    from pytest_postgresql.executors.proc import PostgreSQLExecutor
-
-    port = free_port()
-    postgres = PostgreSQLExecutor(
-        executable=str(PG_CTL),
-        host="127.0.0.1",
-        port=port,
-        datadir=str(tmp / "data"),
-        unixsocketdir=str(tmp),
-        logfile=str(tmp / "postgres.log"),
-        startparams="-w",
-        dbname="chat",
-        postgres_options=DURABLE,
-    )
-    # pg_ctl -w sometimes gives up early on a busy machine: wait for the server here instead.
-    with contextlib.suppress(Exception):
-        postgres.start()
-    import psycopg
-
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres").close()
-            return postgres, port
-        except psycopg.OperationalError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 def server_cpu(datadir: Path) -> dict[int, int]:
@@ -308,7 +277,7 @@ def measure_reads(room: int, repeats: int) -> ReadCell:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="storage-") as tmp:
-        postgres, port = start_postgres(Path(tmp))
+        postgres, port = start_postgres(Path(tmp), DURABLE)
         try:
             setup_django(port)
             settings = {
