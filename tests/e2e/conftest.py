@@ -6,14 +6,14 @@ should have no access to Alice's private rooms.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pytest_redis.executor import RedisExecutor
 
-from tests.e2e.faults import redis_server
+from tests.e2e.faults import ReturningClient, client_factory, redis_server
 from tests.e2e.servers import (
     FORBIDDEN_PORTS,
     Http,
@@ -167,3 +167,10 @@ def own_redis(
     """A Redis server for one test, which may stop and restart it on the same port."""
     with redis_server(request, tmp_path_factory) as server:
         yield server
+
+
+@pytest.fixture
+async def returning() -> AsyncIterator[Callable[..., ReturningClient]]:
+    """Make ReturningClients for the test; their connections are closed at its end."""
+    async with client_factory(ReturningClient) as make:
+        yield make

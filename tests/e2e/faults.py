@@ -19,9 +19,9 @@ import signal
 import socket
 import struct
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from pytest_redis.config import get_config
@@ -523,3 +523,24 @@ def frozen(pids: list[int]) -> Iterator[None]:
     finally:
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
+
+
+C = TypeVar("C", bound=ReturningClient)
+
+
+@contextlib.asynccontextmanager
+async def client_factory(
+    cls: type[C], *, tolerant: bool = False
+) -> AsyncIterator[Callable[..., C]]:
+    """Make clients of `cls` for a test; their connections are closed at its end (errors
+    closing them ignored if `tolerant`: servers the test killed)."""
+    made: list[C] = []
+
+    def make(*args: Any, **kwargs: Any) -> C:
+        made.append(cls(*args, **kwargs))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        await asyncio.gather(*(client.close() for client in made), return_exceptions=tolerant)

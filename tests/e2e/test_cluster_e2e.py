@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from cluster.state import State
-from tests.e2e.faults import Ledger, ReturningClient, poll_until
+from tests.e2e.faults import Ledger, ReturningClient, client_factory, poll_until
 from tests.e2e.servers import REPO, Http, Pod, base_env, history
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
@@ -86,14 +86,8 @@ def _pod_procs(state: State | None) -> list[Any]:
 
 @pytest.fixture
 async def returning() -> AsyncIterator[Callable[..., ReturningClient]]:
-    made: list[ReturningClient] = []
-
-    def make(*args: Any, **kwargs: Any) -> ReturningClient:
-        made.append(ReturningClient(*args, **kwargs))
-        return made[-1]
-
-    yield make
-    await asyncio.gather(*(client.close() for client in made), return_exceptions=True)
+    async with client_factory(ReturningClient, tolerant=True) as make:
+        yield make
 
 
 @pytest.fixture(autouse=True)

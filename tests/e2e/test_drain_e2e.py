@@ -18,7 +18,13 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.e2e.faults import RECONNECT_WITHIN, Ledger, ReturningClient, answer_or_none
+from tests.e2e.faults import (
+    RECONNECT_WITHIN,
+    Ledger,
+    ReturningClient,
+    answer_or_none,
+    client_factory,
+)
 from tests.e2e.servers import Http, Pod, SpawnPod, Stack, history, last_seq
 from tests.e2e.wsclient import ServerError, WsClient, publish_frame
 
@@ -97,14 +103,8 @@ class DrainedClient(ReturningClient):
 
 @pytest.fixture
 async def drained_clients() -> AsyncIterator[Callable[..., DrainedClient]]:
-    made: list[DrainedClient] = []
-
-    def make(*args: Any, **kwargs: Any) -> DrainedClient:
-        made.append(DrainedClient(*args, **kwargs))
-        return made[-1]
-
-    yield make
-    await asyncio.gather(*(client.close() for client in made))
+    async with client_factory(DrainedClient) as make:
+        yield make
 
 
 async def poll_not_ready(pod: Pod, *, within: float) -> dict[str, Any]:

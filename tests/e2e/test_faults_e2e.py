@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,19 +63,6 @@ pytestmark = pytest.mark.e2e
 fault_postgresql_proc = pg_factories.postgresql_proc(
     port=None, executable=str(Path(__file__).parents[1] / "bin" / "pg_ctl")
 )
-
-
-@pytest.fixture
-async def returning() -> AsyncIterator[Callable[..., ReturningClient]]:
-    """Make ReturningClients for the test; their connections are closed at its end."""
-    made: list[ReturningClient] = []
-
-    def make(*args: Any, **kwargs: Any) -> ReturningClient:
-        made.append(ReturningClient(*args, **kwargs))
-        return made[-1]
-
-    yield make
-    await asyncio.gather(*(client.close() for client in made))
 
 
 def restart_redis(server: RedisExecutor, during: Callable[[], None] = lambda: None) -> None:

@@ -18,7 +18,7 @@ import itertools
 import json
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,18 +156,6 @@ def sentinels(
         yield topology
     finally:
         topology.stop()
-
-
-@pytest.fixture
-async def returning() -> AsyncIterator[Callable[..., ReturningClient]]:
-    made: list[ReturningClient] = []
-
-    def make(*args: Any, **kwargs: Any) -> ReturningClient:
-        made.append(ReturningClient(*args, **kwargs))
-        return made[-1]
-
-    yield make
-    await asyncio.gather(*(client.close() for client in made))
 
 
 def broker_put(config: SentinelConfig, body: str) -> None:
