@@ -22,6 +22,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -152,7 +153,10 @@ class RedisCluster:
 
     def _ready(self) -> bool:
         nodes = self.nodes()
-        if sum(1 for n in nodes if n.role == "master" and n.slots) != self.masters:
+        masters = {n.port for n in nodes if n.role == "master" and n.slots}
+        # A node redis-cli has not yet made a replica is an empty master for a moment.
+        replicas = Counter(n.master_port for n in nodes if n.role == "replica")
+        if len(masters) != self.masters or any(replicas[m] != self.replicas for m in masters):
             return False
         return all(self._node_ready(node, len(self.ports)) for node in nodes)
 

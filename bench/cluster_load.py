@@ -1,0 +1,236 @@
+"""Many rooms on one Redis and on a three-shard Redis Cluster, side by side.
+
+    python -m bench.cluster_load [--quick] [--append docs/benchmarks.md]
+
+Scenario 3 of bench/scenarios.py (1,000 clients in 100 rooms, 20 publishers, its `Load`)
+against one fresh, warmed-up product process, at the same offered rates twice: first with
+REDIS_URL (one redis-server), then with REDIS_CLUSTER_NODES (three masters, no replicas,
+bench/redis_cluster.py). The servers, database and generator are bench/services.py's and
+bench/scenarios.py's. Reported per step: deliveries/s, p99, lost/duplicated/reordered, and
+the CPU seconds each Redis process (each shard) and the app used during the generator's
+measured window (bench/cpu.py), with the Redis CPU per delivery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.cpu import CpuMeter
+from bench.redis_cluster import RedisCluster
+from bench.scenarios import FULL, QUICK, Bench, Load, Plan, Run
+from bench.services import ROOT, Server, Services, raise_open_files_limit
+from bench.writeup import git_state
+from loadtest.coordinator import START_DELAY_S
+
+SHARDS = 3
+ROOMS = 100
+RATES = {False: (200.0, 400.0, 800.0, 1600.0), True: (200.0, 800.0)}  # msg/s, by --quick
+READY_WITHIN = 120.0  # seconds for the generator to open every connection
+APP = "app"
+
+
+class ClusterServices(Services):
+    """bench/services.py's Redis and PostgreSQL; the product on a Redis Cluster once one is set.
+
+    The single Redis stays up in cluster mode as Celery's broker, which cannot be a cluster.
+    """
+
+    cluster: RedisCluster | None = None
+
+    def product_env(self) -> dict[str, str]:
+        env = super().product_env()
+        if self.cluster is not None:
+            env.pop("REDIS_URL")
+            env["REDIS_CLUSTER_NODES"] = self.cluster.seeds
+            env["CELERY_BROKER_URL"] = self.redis_url
+        return env
+
+    def flush_redis(self) -> None:
+        super().flush_redis()
+        if self.cluster is not None:
+            for port in self.cluster.master_ports():
+                subprocess.run(
+                    ["redis-cli", "-p", str(port), "FLUSHALL"],
+                    check=True,
+                    capture_output=True,
+                    timeout=30,
+                )
+
+
+@dataclass
+class Step:
+    """One rate on one setup: the generator's report and the CPU used while it measured."""
+
+    setup: str
+    run: Run
+    redis_cpu: dict[str, float]  # seconds by shard ("redis :port"), over the measured window
+    app_cpu: float
+
+    @property
+    def deliveries(self) -> float:
+        d = self.run.report["delivery"]
+        return float(d["deliveries_per_s"]) * float(d.get("measured_s") or 0.0)
+
+    def cpu_per_delivery_us(self) -> float | None:
+        if not self.redis_cpu or not self.deliveries:
+            return None
+        return sum(self.redis_cpu.values()) / self.deliveries * 1e6
+
+
+def measured_step(bench: Bench, server: Server, setup: str, rate: float, meter: CpuMeter) -> Step:
+    """One generator run; the meter reads the window the generator measures in."""
+    load: Load = bench.plan.rooms
+    name = f"cl-{setup.split()[0].strip(',')}-{rate:g}"
+    ready = bench.results / f"{name}.ready"
+    ready.unlink(missing_ok=True)
+    proc = bench.loadtest(name, server.url, load, rate, ready_file=ready)
+    deadline = time.monotonic() + READY_WITHIN
+    while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # the generator announces nothing but this file
+    used: dict[str, float] = {}
+    if ready.exists():
+        # The file appears when publishing is scheduled START_DELAY_S ahead; warmup follows.
+        time.sleep(START_DELAY_S + load.warmup)
+        meter.start()
+        time.sleep(load.duration)
+        used = meter.read()
+    run = bench.finish(name, proc, rate)
+    app = used.pop(APP, 0.0)
+    return Step(setup, run, used, app)
+
+
+def one_setup(
+    bench: Bench, setup: str, redis_pids: dict[str, int], plan_rates: tuple[float, ...]
+) -> list[Step]:
+    """Every rate on one fresh, warmed-up product process over the given Redis."""
+    (server,) = bench.servers("product")
+    try:
+        meter = CpuMeter({**{name: [pid] for name, pid in redis_pids.items()}, APP: [server.pid]})
+        return [measured_step(bench, server, setup, rate, meter) for rate in plan_rates]
+    finally:
+        server.stop()
+
+
+def run(quick: bool, results: Path) -> list[Step]:
+    plan: Plan = QUICK if quick else FULL
+    rates = RATES[quick]
+    services = ClusterServices(Path(tempfile.mkdtemp(prefix="chat-cluster-bench-")), results)
+    cluster = RedisCluster(masters=SHARDS, replicas=0)
+    steps: list[Step] = []
+    try:
+        services.start()
+        services.manage("migrate", "--noinput")
+        tokens = services.tmp / "tokens.json"
+        users = plan.rooms.connections + plan.rooms.publishers
+        services.manage(
+            "provision_load", *("--users", str(users), "--rooms", str(ROOMS), "--out", str(tokens))
+        )
+        bench = Bench(services, tokens, results, plan)
+        print(f"cluster_load: one Redis, rates {rates}", flush=True)
+        if services.redis is None:
+            raise RuntimeError("Services.start started no Redis")
+        single = {f"redis :{services.redis_port}": services.redis.pid}
+        steps += one_setup(bench, "one Redis", single, rates)
+        cluster.start()
+        services.cluster = cluster
+        shards = {f"redis :{n.port}": n.pid for n in cluster.nodes() if n.slots}
+        print(f"cluster_load: {SHARDS}-master cluster {cluster.seeds}", flush=True)
+        steps += one_setup(bench, f"cluster, {SHARDS} masters", shards, rates)
+    finally:
+        cluster.stop()
+        services.stop()
+    return steps
+
+
+def _row(step: Step) -> str:
+    d, c = step.run.report["delivery"], step.run.report["correctness"]
+    p99 = d["latency_ms"]["p99"]
+    per_shard = " / ".join(f"{seconds:.2f}" for seconds in step.redis_cpu.values()) or "-"
+    per_delivery = step.cpu_per_delivery_us()
+    return (
+        f"| {step.setup} | {step.run.rate:g} | {d['deliveries_per_s']:,.0f} "
+        f"| {'-' if p99 is None else f'{p99:.1f}'} "
+        f"| {c['lost']} / {c['duplicated']} / {c['out_of_order']} "
+        f"| {per_shard} | {sum(step.redis_cpu.values()):.2f} "
+        f"| {'-' if per_delivery is None else f'{per_delivery:.1f}'} | {step.app_cpu:.2f} "
+        f"| {_verdict(step.run)} |\n"
+    )
+
+
+def _verdict(run: Run) -> str:
+    if run.passed:
+        return "clean"
+    if run.report["ok"]:
+        return "correct, p99 over 100 ms"
+    return "FAIL: " + "; ".join(run.report.get("problems", []))
+
+
+def markdown(steps: list[Step], command: str, started: datetime, code: str, load: Load) -> str:
+    return (
+        f"\n## Redis Cluster: many rooms on one Redis and on {SHARDS} shards\n\n"
+        f"`{command}` ({started:%Y-%m-%d %H:%M} UTC, {code}): scenario 3's load "
+        f"({load.connections:,} clients in {ROOMS} rooms, {load.publishers} publishers, "
+        f"{load.duration:g} s measured after {load.warmup:g} s warmup) against one product "
+        "process, the same offered rates on one redis-server (REDIS_URL) and on a "
+        f"{SHARDS}-master Redis Cluster without replicas (REDIS_CLUSTER_NODES, "
+        "bench/redis_cluster.py). Redis CPU: user+system seconds of each redis-server over the "
+        "measured window (bench/cpu.py), per shard in port order; every process, the "
+        "generator included, shares the machine's cores, so compare within one run.\n\n"
+        "| Redis | msg/s | deliveries/s | p99 ms | lost / dup / ooo | Redis CPU s per shard "
+        "| Redis CPU s | Redis CPU µs per delivery | app CPU s | result |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n"
+        + "".join(_row(step) for step in steps)
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="two short steps per setup")
+    parser.add_argument("--append", help="a Markdown file to add the table to (make bench)")
+    args = parser.parse_args(argv)
+    command = "python -m bench.cluster_load " + shlex.join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    raise_open_files_limit()
+    started = datetime.now(UTC)
+    code = git_state()
+    results = ROOT / "bench" / "results" / (started.strftime("%Y%m%d-%H%M%S") + "-cluster")
+    results.mkdir(parents=True)
+    t0 = time.monotonic()
+    steps = run(args.quick, results)
+    plan = QUICK if args.quick else FULL
+    text = markdown(steps, command, started, code, plan.rooms)
+    (results / "cluster_load.json").write_text(json.dumps([_summary(s) for s in steps], indent=1))
+    print(text)
+    if args.append:
+        with open(args.append, "a") as out:
+            out.write(text)
+    print(f"cluster_load: done in {(time.monotonic() - t0) / 60:.1f} min; reports in {results}")
+    return 0
+
+
+def _summary(step: Step) -> dict[str, Any]:
+    return {
+        "setup": step.setup,
+        "rate": step.run.rate,
+        "name": step.run.name,
+        "delivery": step.run.report["delivery"]["deliveries_per_s"],
+        "p99_ms": step.run.report["delivery"]["latency_ms"]["p99"],
+        "correctness": step.run.report["correctness"],
+        "redis_cpu_s": step.redis_cpu,
+        "app_cpu_s": step.app_cpu,
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
