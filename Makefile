@@ -86,13 +86,22 @@ audit: $(STAMP)
 		print(f"make audit: pip-audit checked {len(d) - len(s)} of {len(d)} dependencies" \
 		+ (f"; NOT AUDITED (no answer from the vulnerability service): {len(s)}" if s else ""))'
 
+# The Socket.IO baseline's packages (bench/baselines/socketio/), exactly as its committed
+# package-lock.json pins them.
+SOCKETIO := bench/baselines/socketio
+$(SOCKETIO)/node_modules/.installed: $(SOCKETIO)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "make bench needs Node 20 and npm"; exit 1; }
+	cd $(SOCKETIO) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 # The benchmark suite on this machine's loopback; writes docs/benchmarks.md (about 15 minutes),
 # then the presence scenario (bench/presence.py: a room of 1,000 members joining) adds its table.
 # QUICK=1 is a 3-minute smoke version of the same scenarios.
-bench: $(STAMP) services
+bench: $(STAMP) services $(SOCKETIO)/node_modules/.installed
 	$(BIN)/python -m bench.run $(if $(QUICK),--quick) --command "make bench$(if $(QUICK), QUICK=1)"
 	$(BIN)/python -m bench.presence $(if $(QUICK),--members 200) --append docs/benchmarks.md
 	$(BIN)/python -m bench.http_api $(if $(QUICK),--quick) --append docs/benchmarks.md
+	$(BIN)/python -m bench.cluster_load $(if $(QUICK),--quick) --append docs/benchmarks.md
 
 # A local multi-pod cluster on loopback (docs/operations.md): PODS uvicorn pods behind HAProxy,
 # their own PostgreSQL and Redis, a Celery worker and Prometheus, started detached from
@@ -111,4 +120,4 @@ cluster-drain cluster-kill cluster-restart: $(STAMP)
 	$(BIN)/python -m cluster $(@:cluster-%=%) $(POD)
 
 clean:
-	rm -rf $(VENV) $(TOOLS) var
+	rm -rf $(VENV) $(TOOLS) var $(SOCKETIO)/node_modules

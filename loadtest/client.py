@@ -198,7 +198,7 @@ class Connection(asyncio.Protocol):
             return
         self.handshake = None  # frees its parser; frames are ours from here on
         self.phase = Phase.OPEN
-        self.worker.on_open(self)
+        self._opened()
         if rest:
             self._frames(rest)
 
@@ -250,11 +250,23 @@ class Connection(asyncio.Protocol):
                 self.worker.on_failed(self, f"server closed with {code}")
             self.close()
 
+    def _opened(self) -> None:
+        """The websocket is open (loadtest.socketio waits for Socket.IO's connect too)."""
+        self.worker.on_open(self)
+
     def _text(self, payload: bytes) -> None:
         try:
             msg = loads(payload)
+        except orjson.JSONDecodeError:
+            self.worker.on_protocol_error(self, "unreadable frame")
+            return
+        self._dispatch(msg)
+
+    def _dispatch(self, msg: Any) -> None:
+        """One frame of docs/protocol.md, decoded."""
+        try:
             kind = msg["type"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+        except (KeyError, TypeError):
             self.worker.on_protocol_error(self, "unreadable frame")
             return
         worker = self.worker

@@ -24,6 +24,7 @@ from loadtest.client import Connection, Phase, Role, resolve, tls_context
 from loadtest.config import Config
 from loadtest.link import ParentLink
 from loadtest.report import Correctness, Counters
+from loadtest.socketio import SocketIOConnection, is_socketio
 
 monotonic_ns = time.monotonic_ns
 TICK_SECONDS = 1.0
@@ -111,14 +112,17 @@ class Worker:
         tls = tls_context(cfg.insecure) if sub_uri.secure or pub_uri.secure else None
         plan: list[tuple[Connection, tuple[str, int]]] = []
         tokens = cfg.tokens
+        # The same connection over Socket.IO's wire protocol when the URL is a Socket.IO one.
+        pub_kind = SocketIOConnection if is_socketio(cfg.publish_url) else Connection
+        sub_kind = SocketIOConnection if is_socketio(cfg.url) else Connection
         for j in range(k, cfg.publishers, procs):
             token = tokens[(cfg.connections + j) % len(tokens)] if tokens else None
-            conn = Connection(self, Role.PUBLISHER, pub_uri, token, None)
+            conn = pub_kind(self, Role.PUBLISHER, pub_uri, token, None)
             self.publishers.append(conn)
             plan.append((conn, pub_addr))
         for i in range(k, cfg.connections, procs):
             token = tokens[i % len(tokens)] if tokens else None
-            conn = Connection(self, Role.SUBSCRIBER, sub_uri, token, cfg.rooms[i % len(cfg.rooms)])
+            conn = sub_kind(self, Role.SUBSCRIBER, sub_uri, token, cfg.rooms[i % len(cfg.rooms)])
             self.subscribers.append(conn)
             plan.append((conn, sub_addr))
         self.settled = loop.create_future()
