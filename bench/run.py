@@ -1,7 +1,7 @@
-"""`make bench`: start Redis, PostgreSQL and the three targets on loopback, run the scenarios,
+"""`make bench`: start Redis, PostgreSQL and the targets on loopback, run the scenarios,
 write docs/benchmarks.md.
 
-    python -m bench.run [--quick] [--scenarios 1,2,3,4,5] [--targets floor,product,ceiling]
+    python -m bench.run [--quick] [--scenarios 1,2,3,4,5] [--targets floor,product,ceiling,socketio]
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from bench.interleave import PAIR, fanout_interleaved
-from bench.scenarios import FULL, QUICK, TARGETS, Bench, Outcome
+from bench.interleave import ORDER, fanout_interleaved
+from bench.scenarios import FULL, ONLY, QUICK, TARGETS, Bench, Outcome
 from bench.services import ROOT, Services, raise_open_files_limit
 from bench.writeup import SCENARIOS, git_state, render
 
@@ -59,10 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     results.mkdir(parents=True)
     services = Services(Path(tempfile.mkdtemp(prefix="chat-bench-")), results)
     outcomes: dict[str, dict[str, Outcome]] = {}
-    provisioning = "?"
+    provisioning, postgres = "?", {}
     try:
         print(f"bench: services in {services.tmp}, reports in {results}", flush=True)
         services.start()
+        postgres = services.pg_settings()
+        print(f"bench: PostgreSQL runs with {postgres}", flush=True)
+        if postgres.get("fsync") != "on" or postgres.get("synchronous_commit") != "on":
+            raise RuntimeError(f"PostgreSQL is not durable as in production: {postgres}")
         services.manage("migrate", "--noinput")
         tokens = services.tmp / "tokens.json"
         begun = time.monotonic()
@@ -76,14 +80,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"bench: {provisioning}", flush=True)
         bench = Bench(services, tokens, results, plan)
-        # Scenario 1's ceiling and product run in turn, step by step (bench/interleave.py).
-        pair = [t for t in targets if t in PAIR] if "1" in scenarios else []
-        pair = pair if set(pair) == set(PAIR) else []
+        # Scenario 1's targets run in turn, step by step (bench/interleave.py).
+        group = [t for t in ORDER if t in targets] if "1" in scenarios else []
+        group = group if len(group) > 1 else []
         for target in targets:
-            if pair and target == pair[0]:
-                print(f"bench: scenario 1, {' and '.join(pair)} interleaved", flush=True)
-                _collect(outcomes, _interleaved(bench, pair), ["1"], pair)
-            keys = [k for k in scenarios if k != "1" or target not in pair]
+            if group and target == targets[0]:
+                print(f"bench: scenario 1, {', '.join(group)} interleaved", flush=True)
+                _collect(outcomes, _interleaved(bench, group), ["1"], group)
+            keys = [k for k in scenarios if k != "1" or target not in group]
+            keys = [k for k in keys if k in ONLY.get(target, (k,))]
             if keys:
                 print(f"bench: {target}", flush=True)
                 per_target = ((k, target, o) for k, o in bench.target(target, keys))
@@ -95,16 +100,24 @@ def main(argv: list[str] | None = None) -> int:
         services.stop()
     _plots(outcomes, results)
     text = render(
-        plan, command, started, time.monotonic() - t0, outcomes, provisioning, results, code
+        plan,
+        command,
+        started,
+        time.monotonic() - t0,
+        outcomes,
+        provisioning,
+        results,
+        code,
+        postgres,
     )
     Path(args.out).write_text(text)
     print(f"bench: wrote {args.out} in {(time.monotonic() - t0) / 60:.1f} min", flush=True)
     return 0
 
 
-def _interleaved(bench: Bench, order: list[str]) -> Iterator[tuple[str, str, Outcome]]:
-    by_target = fanout_interleaved(bench)
-    for target in order:
+def _interleaved(bench: Bench, group: list[str]) -> Iterator[tuple[str, str, Outcome]]:
+    by_target = fanout_interleaved(bench, group)
+    for target in group:
         yield "1", target, by_target[target]
 
 

@@ -1,7 +1,8 @@
-"""The issue's five scenarios, each run against the floor, the product and the ceiling.
+"""The issue's five scenarios on the floor, the product and the ceiling (1 on Socket.IO too).
 
-Every run is one `chat-loadtest` process with the same settings for every
-target; its JSON report is kept in the results folder.
+Every run is one `chat-loadtest` process with the same settings for every target; its JSON
+report is kept in the results folder, with the CPU the server, PostgreSQL and Redis used
+over its measured window (bench/cpu.py).
 """
 
 from __future__ import annotations
@@ -16,9 +17,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from bench.cpu import measure_window, us_per_delivery
 from bench.services import BIN, ROOT, Server, Services, rss_kb
+from loadtest.coordinator import START_DELAY_S
 
-TARGETS = ("floor", "product", "ceiling")
+TARGETS = ("floor", "product", "ceiling", "socketio")
+# Scenarios a target serves when not all: bench/baselines/socketio/ serves scenario 1's room
+# shape (one room, one process), the comparison of issue 16, not the other scenarios' shapes.
+ONLY = {"socketio": ("1",)}
 P99_LIMIT_MS = 100.0
 SATURATED = 0.8  # a step that delivers less than this share of its offered load is saturated
 
@@ -84,12 +90,19 @@ class Run:
     report: dict[str, Any]
     passed: bool
 
+    def cpu_us(self, *groups: str) -> float | None:
+        """CPU microseconds per delivery of "server", "postgres" and/or "redis"."""
+        cpu = self.report.get("cpu") or {}
+        return us_per_delivery(cpu, groups, self.report["delivery"]["deliveries_per_s"])
+
     def line(self) -> str:
         d, c = self.report["delivery"], self.report["correctness"]
         p99 = d["latency_ms"]["p99"]
+        server, stores = self.cpu_us("server"), self.cpu_us("postgres", "redis")
+        cpu = "" if server is None or stores is None else f", CPU {server:.1f}+{stores:.1f} us"
         return (
             f"{self.name}: {d['deliveries_per_s']:,.0f} deliveries/s, p99 "
-            f"{'-' if p99 is None else f'{p99:.1f}'} ms, lost {c['lost']}, "
+            f"{'-' if p99 is None else f'{p99:.1f}'} ms{cpu}, lost {c['lost']}, "
             f"conns {self.report['connections']['ok']}/{self.report['connections']['attempted']}"
             f" -> {'pass' if self.passed else 'FAIL'}"
         )
@@ -142,7 +155,13 @@ class Bench:
         log = (self.results / f"{name}.log").open("wb")
         return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
-    def finish(self, name: str, proc: subprocess.Popen[bytes], rate: float) -> Run:
+    def finish(
+        self,
+        name: str,
+        proc: subprocess.Popen[bytes],
+        rate: float,
+        cpu: dict[str, float] | None = None,
+    ) -> Run:
         try:
             proc.wait(timeout=600)
         except subprocess.TimeoutExpired:
@@ -153,16 +172,24 @@ class Bench:
             report = json.loads(path.read_text())
         else:
             report = _crashed_report(self.results / f"{name}.log")
+        if cpu is not None:
+            report["cpu"] = cpu  # seconds per group over the measured window, and its length
+            path.write_text(json.dumps(report, indent=2) + "\n")
         p99 = report["delivery"]["latency_ms"]["p99"]
         passed = bool(report["ok"]) and (p99 is None or p99 <= P99_LIMIT_MS)
         run = Run(name, rate, report, passed)
         print("   ", run.line(), flush=True)
         return run
 
-    def run(
-        self, name: str, url: str, load: Load, rate: float, publish_url: str | None = None
-    ) -> Run:
-        return self.finish(name, self.loadtest(name, url, load, rate, publish_url), rate)
+    def run(self, name: str, servers: list[Server], load: Load, rate: float) -> Run:
+        """One step, subscribers on the first server and publishers on the last, CPU metered."""
+        ready = self.results / f"{name}.ready"
+        ready.unlink(missing_ok=True)
+        proc = self.loadtest(name, servers[0].url, load, rate, servers[-1].url, ready)
+        meter = self.services.cpu_meter(servers)
+        # The generator publishes START_DELAY_S after it touches `ready`, then warms up.
+        cpu = measure_window(meter, ready, proc, START_DELAY_S + load.warmup, load.duration)
+        return self.finish(name, proc, rate, cpu)
 
     def step_up(
         self, name: str, rates: tuple[float, ...], attempt: Callable[[str, float], Run]
@@ -209,6 +236,8 @@ class Bench:
         for key in keys:
             if key == "4" and target == "ceiling":
                 continue  # one process and no bus between processes: nothing to measure
+            if key not in ONLY.get(target, (key,)):
+                continue
             servers = self.servers(target, 2 if key == "4" else 1)
             try:
                 yield key, _guarded(partial(scenarios[key], servers))
@@ -260,7 +289,7 @@ class Bench:
         runs = self.step_up(
             f"{key}-{server.target}",
             rates,
-            lambda name, rate: self.run(name, server.url, load, rate),
+            lambda name, rate: self.run(name, servers, load, rate),
         )
         return stepped(runs)
 
@@ -271,7 +300,7 @@ class Bench:
         runs = self.step_up(
             f"s4-{subs.target}",
             self.plan.two_procs_rates,
-            lambda name, rate: self.run(name, subs.url, load, rate, publish_url=pubs.url),
+            lambda name, rate: self.run(name, [subs, pubs], load, rate),
         )
         return stepped(runs)
 

@@ -1,4 +1,4 @@
-"""Throwaway servers on loopback for the benchmark: Redis, PostgreSQL, and the three targets.
+"""Throwaway servers on loopback for the benchmark: Redis, PostgreSQL, and the targets.
 
 Never the machine's own: every server gets a free port and a temp folder, and
 is stopped when the benchmark ends.
@@ -21,6 +21,8 @@ from typing import IO
 import psycopg
 from pytest_postgresql.executors.proc import PostgreSQLExecutor
 
+from bench.cpu import CpuMeter
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PG_CTL = ROOT / "tests" / "bin" / "pg_ctl"  # runs PostgreSQL as the postgres user under root
@@ -41,6 +43,15 @@ UVICORN_ARGS = (
 
 # The product's own websocket protocol class, lighter per socket (realtime/wsserver.py).
 PRODUCT_WS = ("--ws", "realtime.wsserver:WebSocketProtocol")
+
+# PostgreSQL as production runs it: pytest-postgresql's command line passes -F (fsync off),
+# and a later -c wins over it. `Services.pg_settings` reads back what the server runs with.
+DURABLE = "-c fsync=on -c synchronous_commit=on -c full_page_writes=on"
+PG_CHECKED = ("server_version", "fsync", "synchronous_commit", "full_page_writes", "wal_level")
+
+# The Socket.IO baseline (bench/baselines/socketio/): `make bench` installs its node_modules
+# from the committed package-lock.json.
+SOCKETIO = ROOT / "bench" / "baselines" / "socketio"
 
 
 def free_port() -> int:
@@ -119,7 +130,7 @@ def clean_env(extra: dict[str, str]) -> dict[str, str]:
 class Server:
     """One target process listening on 127.0.0.1:port."""
 
-    target: str  # floor, product or ceiling
+    target: str  # floor, product, ceiling or socketio
     name: str
     port: int
     proc: subprocess.Popen[bytes]
@@ -127,6 +138,8 @@ class Server:
 
     @property
     def url(self) -> str:
+        if self.target == "socketio":  # chat-loadtest speaks Socket.IO to such a URL
+            return f"ws://127.0.0.1:{self.port}/socket.io/?EIO=4&transport=websocket"
         return f"ws://127.0.0.1:{self.port}/ws/"
 
     @property
@@ -185,8 +198,8 @@ class Services:
             logfile=str(pg_dir / "postgres.log"),
             startparams="-w",
             dbname="chat",
-            # Room for 10,000 connections' worth of pool churn; the rest as the tests run it.
-            postgres_options="-c max_connections=200",
+            # Room for 10,000 connections' worth of pool churn, and durable commits.
+            postgres_options=f"-c max_connections=200 {DURABLE}",
         )
         self.postgres.start()
         # The port opens before PostgreSQL accepts sessions ("the database system is starting up").
@@ -217,6 +230,37 @@ class Services:
             self.redis.terminate()
             self.redis.wait(timeout=10)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+    @property
+    def pg_pid(self) -> int:
+        """The postmaster's pid (its backends are its children), from its pid file."""
+        assert self.postgres is not None  # noqa: S101 -- started first
+        return int((Path(self.postgres.datadir) / "postmaster.pid").read_text().split()[0])
+
+    @property
+    def redis_pid(self) -> int:
+        assert self.redis is not None  # noqa: S101 -- started first
+        return self.redis.pid
+
+    def cpu_meter(self, servers: list[Server]) -> CpuMeter:
+        """The servers' processes, PostgreSQL's and Redis', as bench/cpu.py counts them."""
+        return CpuMeter(
+            {
+                "server": [server.pid for server in servers],
+                "postgres": [self.pg_pid],
+                "redis": [self.redis_pid],
+            }
+        )
+
+    def pg_settings(self) -> dict[str, str]:
+        """What PostgreSQL runs with (fsync, synchronous_commit...), as SHOW would answer."""
+        with psycopg.connect(
+            host="127.0.0.1", port=self.pg_port, user="postgres", dbname="postgres"
+        ) as conn:
+            rows = conn.execute(
+                "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)", [list(PG_CHECKED)]
+            ).fetchall()
+        return {str(name): str(setting) for name, setting in rows}
 
     @property
     def redis_url(self) -> str:
@@ -284,6 +328,11 @@ class Services:
         elif target == "ceiling":
             cmd = [str(BIN / "python"), "bench/baselines/ceiling.py"]
             env = clean_env({})
+        elif target == "socketio":
+            if not (SOCKETIO / "node_modules").is_dir():
+                raise RuntimeError(f"no {SOCKETIO}/node_modules: `make bench` installs it")
+            cmd = ["node", str(SOCKETIO / "server.js")]
+            env = clean_env({"REDIS_URL": self.redis_url})
         elif target == "bare":
             cmd = [str(BIN / "uvicorn"), "bench.baselines.bare_asgi:app", *UVICORN_ARGS]
             cmd += ["--ws", self.bare_ws]

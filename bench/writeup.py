@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -9,10 +10,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
-from bench.scenarios import P99_LIMIT_MS, TARGETS, Outcome, Plan
-from bench.services import PG_CTL, ROOT
+from bench.interleave import table, versus_socketio
+from bench.scenarios import P99_LIMIT_MS, TARGETS, Outcome, Plan, Run
+from bench.services import PG_CTL, ROOT, SOCKETIO
 
 SCENARIOS = {
     "1": "Fan-out: 1 room, 200 subscribers, 1 process",
@@ -40,10 +41,27 @@ def _clean_rate(outcome: Outcome) -> float | None:
     return max((run.rate for run in outcome.runs if run.passed), default=None)
 
 
+def _best(outcome: Outcome) -> Run | None:
+    return max((run for run in outcome.runs if run.passed), key=lambda r: r.rate, default=None)
+
+
+def _server_us(outcome: Outcome) -> float | None:
+    best = _best(outcome)
+    return best.cpu_us("server") if best else None
+
+
+def _stores_us(outcome: Outcome) -> float | None:
+    """PostgreSQL's and Redis' CPU per delivery at the best clean step, idle or not."""
+    best = _best(outcome)
+    return best.cpu_us("postgres", "redis") if best else None
+
+
 # (scenario, what, unit, lower is better, how to read it from an outcome)
 ROWS: list[tuple[str, str, str, bool, Getter]] = [
     ("1", f"fan-out, best step with p99 <= {P99_LIMIT_MS:g} ms", "deliveries/s", False, _clean),
     ("1", "fan-out, peak without loss (any latency)", "deliveries/s", False, _peak),
+    ("1", "fan-out, server CPU at the best clean step", "us per delivery", True, _server_us),
+    ("1", "fan-out, PostgreSQL + Redis CPU, same step", "us per delivery", True, _stores_us),
     ("2", "idle connections", "KB RSS per connection", True, _clean),
     ("3", f"many rooms, best step with p99 <= {P99_LIMIT_MS:g} ms", "deliveries/s", False, _clean),
     ("3", "many rooms, peak without loss", "deliveries/s", False, _peak),
@@ -70,6 +88,12 @@ def machine(code: str) -> list[tuple[str, str]]:
         if line.startswith("MemTotal:"):
             mem_kb = int(line.split()[1])
     versions = ", ".join(f"{name} {metadata.version(name)}" for name in PACKAGES)
+    node = _first_line(["node", "--version"])
+    lock = json.loads((SOCKETIO / "package-lock.json").read_text())["packages"]
+    versions += f"; Node {node}, " + ", ".join(
+        f"{name} {lock[f'node_modules/{name}']['version']}"
+        for name in ("socket.io", "@socket.io/redis-adapter", "redis")
+    )
     return [
         ("CPU", f"{cpu}, {os.cpu_count()} cores, shared with the load generator"),
         ("Memory", f"{mem_kb / 1024 / 1024:.1f} GiB"),
@@ -100,7 +124,7 @@ def git_state() -> str:
 def _num(value: float | None, unit: str) -> str:
     if value is None:
         return "none"
-    return f"{value:,.1f}" if unit.startswith("KB") else f"{value:,.0f}"
+    return f"{value:,.1f}" if unit.startswith(("KB", "us")) else f"{value:,.0f}"
 
 
 def _ratio(a: float | None, b: float | None) -> str:
@@ -118,6 +142,9 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+_us = _ms  # microseconds per delivery, to the same tenth
+
+
 def render(
     plan: Plan,
     command: str,
@@ -127,7 +154,9 @@ def render(
     provisioning: str,
     results_dir: Path,
     code: str,
+    postgres: dict[str, str] | None = None,
 ) -> str:
+    checked = ", ".join(f"{k}={v}" for k, v in (postgres or {}).items() if k != "server_version")
     out = [
         "# Benchmarks",
         "",
@@ -149,13 +178,23 @@ def render(
         "",
         "- **product**: `uvicorn project.asgi:application --ws realtime.wsserver:WebSocketProtocol"
         " --ws-max-size 65536 --ws-per-message-deflate false` over PostgreSQL"
-        " (fsync off, as in the test suite) and Redis, flood control raised as"
-        " `project/settings.py` asks of load tests;",
+        f" (durable as in production; the run read back {checked or 'nothing'}) and Redis,"
+        " flood control raised as `project/settings.py` asks of load tests;",
         "- **floor**: `bench/baselines/floor/`, the Channels tutorial consumer"
         " (AsyncWebsocketConsumer, RedisChannelLayer, `group_send`, `json.dumps` per recipient)"
         " under the same uvicorn flags and Redis;",
         "- **ceiling**: `bench/baselines/ceiling.py`, a bare `websockets` server doing one"
-        " `broadcast` per message, no Redis, no database.",
+        " `broadcast` per message, no Redis, no database;",
+        "- **socketio**: `bench/baselines/socketio/server.js`, Socket.IO 4 on Node with"
+        " `@socket.io/redis-adapter` (every broadcast also published on Redis) and a Redis"
+        " INCR per message for the room's seq, no database; the generator speaks Socket.IO's"
+        " wire protocol to it (loadtest/socketio.py). It serves scenario 1's room shape only,"
+        " so it is n/a in the others.",
+        "",
+        "CPU per delivery is user + system time of a process tree, read from /proc"
+        " (bench/cpu.py) over each step's measured window (after warmup), divided by the"
+        " deliveries counted in it: the server's own, and separately PostgreSQL's (postmaster"
+        " and backends) and Redis', whichever target drives them.",
         "",
         "Connections open at 500/s with at most 100 handshakes in flight"
         " (`--connect-rate 500 --max-pending 100`), so a slow handshake slows the opening"
@@ -171,8 +210,9 @@ def render(
         "",
         "## Results",
         "",
-        "| # | measure | unit | floor | product | ceiling | product / floor | product / ceiling |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| # | measure | unit | floor | product | ceiling | socketio | product / floor"
+        " | product / ceiling | product / socketio |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for key, what, unit, _lower, get in ROWS:
         if key not in outcomes:
@@ -186,14 +226,17 @@ def render(
         out.append(
             f"| {key} | {what} | {unit} | {' | '.join(cells)} "
             f"| {_ratio(values['product'], values['floor'])} "
-            f"| {_ratio(values['product'], values['ceiling'])} |"
+            f"| {_ratio(values['product'], values['ceiling'])} "
+            f"| {_ratio(values['product'], values['socketio'])} |"
         )
     out += [
         "",
-        "Memory (scenario 2): lower is better, so a ratio under 1 means the product uses less."
+        "Memory (scenario 2) and CPU: lower is better, so a ratio under 1 means the product"
+        " uses less. CPU rows compare each target at its own best clean step; the interleaved"
+        " table below compares them at the same offered load."
         ' "(errors)": measured, but some connections failed or dropped (see Details).',
         "",
-        *_interleaved(outcomes),
+        *table(outcomes),
         "## Targets from the issue",
         "",
         *_targets(outcomes, plan),
@@ -216,8 +259,9 @@ def _details(key: str, title: str, by_target: dict[str, Outcome]) -> list[str]:
         out += [
             "",
             "| run | msg/s | deliveries/s | p50 ms | p99 ms | max ms | lost | dup | ooo"
-            " | conns ok/failed/dropped | result |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+            " | conns ok/failed/dropped | server us | PG us | Redis us | result |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+            "| ---: | --- |",
         ]
         for run in runs:
             r = run.report
@@ -232,44 +276,11 @@ def _details(key: str, title: str, by_target: dict[str, Outcome]) -> list[str]:
                 f"| {run.name} | {run.rate:g} | {r['delivery']['deliveries_per_s']:,.0f} "
                 f"| {_ms(lat['p50'])} | {_ms(lat['p99'])} | {_ms(lat['max'])} "
                 f"| {cor['lost']}{_at_end(cor)} | {cor['duplicated']} | {cor['out_of_order']} "
-                f"| {con['ok']}/{con['failed']}/{con['dropped']} | {verdict} |"
+                f"| {con['ok']}/{con['failed']}/{con['dropped']} | {_us(run.cpu_us('server'))} "
+                f"| {_us(run.cpu_us('postgres'))} | {_us(run.cpu_us('redis'))} | {verdict} |"
             )
     out.append("")
     return out
-
-
-def _interleaved(outcomes: dict[str, dict[str, Outcome]]) -> list[str]:
-    """Scenario 1's steps at each rate both the ceiling and the product took, side by side."""
-    outcome = outcomes.get("1", {}).get("product")
-    steps = outcome.extra.get("interleaved") if outcome else None
-    if not steps:
-        return []
-    out = [
-        "### Scenario 1, interleaved steps",
-        "",
-        "The ceiling's and the product's scenario 1 steps were interleaved (a server of each"
-        " up throughout, their two steps at each rate back to back, taking turns to go first)"
-        " because this shared machine's speed drifts over minutes, and targets measured minutes"
-        " apart are not measured on the same machine. The headline ratio above is still best"
-        " clean step over best clean step; this is the ratio at each rate.",
-        "",
-        "| msg/s | first | ceiling deliveries/s | ceiling p99 ms | product deliveries/s"
-        " | product p99 ms | product / ceiling |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for step in steps:
-        ceiling, product = step["ceiling"], step["product"]
-        ratio = _ratio(product["deliveries_per_s"], ceiling["deliveries_per_s"])
-        out.append(
-            f"| {step['rate']:g} | {step['first']} | {_side(ceiling)} | {_ms(ceiling['p99_ms'])}"
-            f" | {_side(product)} | {_ms(product['p99_ms'])} | {ratio} |"
-        )
-    return [*out, ""]
-
-
-def _side(side: dict[str, Any]) -> str:
-    """Deliveries/s, flagged when the step lost, duplicated, reordered or refused anything."""
-    return f"{side['deliveries_per_s']:,.0f}" + ("" if side["ok"] else " (failed)")
 
 
 def _targets(outcomes: dict[str, dict[str, Outcome]], plan: Plan) -> list[str]:
@@ -298,6 +309,7 @@ def _targets(outcomes: dict[str, dict[str, Outcome]], plan: Plan) -> list[str]:
             + " against its peak at any latency"
         )
         lines.append("- Scenario 1, at least 1.0x the ceiling: " + _versus_ceiling(get))
+        lines += versus_socketio(outcomes)
     if "2" in outcomes:
         kb = get("2", "product")
         verdict = "met" if kb is not None and kb <= 16 else "not met"

@@ -1,0 +1,122 @@
+"""CPU time of server processes over a measured window, read from /proc.
+
+Why /proc and not psutil: two numbers per process (utime and stime in
+/proc/<pid>/stat) are all a benchmark needs, and reading them costs nothing
+while the load runs. A process tree (a PostgreSQL postmaster and its
+backends, uvicorn and its workers) is counted whole: the pids are found
+again at each reading, and a child that exited inside the window counts
+what it used up to the last reading it was seen in.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU seconds of one process so far (0.0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            raw = stat.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    # The command name (field 2) may hold spaces: split after its closing parenthesis.
+    fields = raw[raw.rindex(b")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / TICKS
+
+
+def children(pid: int) -> list[int]:
+    """The pids whose parent is `pid` (one level)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as listing:
+            return [int(child) for child in listing.read().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
+def tree(pid: int) -> list[int]:
+    """`pid` and every descendant of it."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children(current))
+    return found
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds used by named groups of process trees between `start()` and `read()`.
+
+    meter = CpuMeter({"server": [pid], "postgres": [pg_pid]}); meter.start(); ...load...;
+    used = meter.read()  ->  {"server": 1.92, "postgres": 0.71}
+    """
+
+    groups: Mapping[str, Iterable[int]]
+    _start: dict[str, dict[int, float]] = field(default_factory=dict)
+
+    def _sample(self) -> dict[str, dict[int, float]]:
+        return {
+            name: {pid: cpu_seconds(pid) for root in roots for pid in tree(root)}
+            for name, roots in self.groups.items()
+        }
+
+    def start(self) -> None:
+        self._start = self._sample()
+
+    def read(self) -> dict[str, float]:
+        """Seconds used per group since `start()`; processes born since count from zero."""
+        now = self._sample()
+        used = {}
+        for name, pids in now.items():
+            before = self._start.get(name, {})
+            used[name] = sum(
+                max(seconds - before.get(pid, 0.0), 0.0) for pid, seconds in pids.items()
+            )
+        return used
+
+
+def measure_window(
+    meter: CpuMeter,
+    ready: Path,
+    proc: subprocess.Popen[bytes],
+    skip_s: float,
+    window_s: float,
+    poll_s: float = 0.02,
+) -> dict[str, float]:
+    """CPU seconds per group over a generator's measured window, and the window's length.
+
+    The window opens `skip_s` after the generator touches `ready` (its connections are up)
+    and lasts `window_s`; {} when the generator ends before the window closes.
+    """
+    while not ready.exists():
+        if proc.poll() is not None:
+            return {}
+        time.sleep(poll_s)
+    time.sleep(skip_s)
+    meter.start()
+    opened = time.monotonic()
+    while (left := opened + window_s - time.monotonic()) > 0:
+        if proc.poll() is not None:
+            return {}
+        time.sleep(min(left, 0.1))
+    used = meter.read()
+    used["window_s"] = time.monotonic() - opened
+    return used
+
+
+def us_per_delivery(
+    cpu: Mapping[str, float], groups: Iterable[str], deliveries_per_s: float
+) -> float | None:
+    """Microseconds of CPU the `groups` together used per delivery, from `measure_window`."""
+    if not cpu or deliveries_per_s <= 0 or cpu.get("window_s", 0) <= 0:
+        return None
+    return sum(cpu[g] for g in groups) / cpu["window_s"] / deliveries_per_s * 1e6
