@@ -7,8 +7,8 @@ against one fresh, warmed-up product process, at the same offered rates twice: f
 REDIS_URL (one redis-server), then with REDIS_CLUSTER_NODES (three masters, no replicas,
 bench/redis_cluster.py). The servers, database and generator are bench/services.py's and
 bench/scenarios.py's. Reported per step: deliveries/s, p99, lost/duplicated/reordered, and
-the CPU seconds each Redis process (each shard) and the app used during the generator's
-measured window (bench/cpu.py), with the Redis CPU per delivery.
+the CPU seconds each Redis process (each shard) used during the generator's
+measured window (bench/cpu.py), with the CPU per delivery of Redis and of the app.
 """
 
 from __future__ import annotations
@@ -30,22 +30,31 @@ from bench.redis_cluster import RedisCluster
 from bench.scenarios import FULL, QUICK, Bench, Load, Plan, Run
 from bench.services import ROOT, Server, Services, raise_open_files_limit
 from bench.writeup import git_state
-from loadtest.coordinator import START_DELAY_S
 
 SHARDS = 3
 ROOMS = 100
 RATES = {False: (200.0, 400.0, 800.0, 1600.0), True: (200.0, 800.0)}  # msg/s, by --quick
-READY_WITHIN = 120.0  # seconds for the generator to open every connection
-APP = "app"
+SHARD = "shard :"  # CPU groups of one redis-server each, by port
 
 
 class ClusterServices(Services):
     """bench/services.py's Redis and PostgreSQL; the product on a Redis Cluster once one is set.
 
-    The single Redis stays up in cluster mode as Celery's broker, which cannot be a cluster.
+    The single Redis stays up in cluster mode as Celery's broker, which cannot be a cluster;
+    idle there, it is not metered then.
     """
 
     cluster: RedisCluster | None = None
+
+    def cpu_meter(self, servers: list[Server]) -> CpuMeter:
+        """Services' groups, with "redis" the cluster's masters, and one group per shard."""
+        if self.cluster is None:
+            shards = {f"{SHARD}{self.redis_port}": self.redis_pid}
+        else:
+            shards = {f"{SHARD}{n.port}": n.pid for n in self.cluster.nodes() if n.slots}
+        groups = dict(super().cpu_meter(servers).groups)
+        groups["redis"] = list(shards.values())
+        return CpuMeter({**groups, **{name: [pid] for name, pid in shards.items()}})
 
     def product_env(self) -> dict[str, str]:
         env = super().product_env()
@@ -69,56 +78,32 @@ class ClusterServices(Services):
 
 @dataclass
 class Step:
-    """One rate on one setup: the generator's report and the CPU used while it measured."""
+    """One rate on one setup: the generator's report, with the CPU of its measured window."""
 
     setup: str
     run: Run
-    redis_cpu: dict[str, float]  # seconds by shard ("redis :port"), over the measured window
-    app_cpu: float
 
     @property
-    def deliveries(self) -> float:
-        d = self.run.report["delivery"]
-        return float(d["deliveries_per_s"]) * float(d.get("measured_s") or 0.0)
+    def cpu(self) -> dict[str, float]:
+        return dict(self.run.report.get("cpu") or {})
 
-    def cpu_per_delivery_us(self) -> float | None:
-        if not self.redis_cpu or not self.deliveries:
-            return None
-        return sum(self.redis_cpu.values()) / self.deliveries * 1e6
+    def shards(self) -> dict[str, float]:
+        """Redis CPU seconds by shard ("shard :port") over the measured window."""
+        return {name: s for name, s in self.cpu.items() if name.startswith(SHARD)}
 
 
-def measured_step(bench: Bench, server: Server, setup: str, rate: float, meter: CpuMeter) -> Step:
-    """One generator run; the meter reads the window the generator measures in."""
-    load: Load = bench.plan.rooms
-    name = f"cl-{setup.split()[0].strip(',')}-{rate:g}"
-    ready = bench.results / f"{name}.ready"
-    ready.unlink(missing_ok=True)
-    proc = bench.loadtest(name, server.url, load, rate, ready_file=ready)
-    deadline = time.monotonic() + READY_WITHIN
-    while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)  # the generator announces nothing but this file
-    used: dict[str, float] = {}
-    if ready.exists():
-        # The file appears when publishing is scheduled START_DELAY_S ahead; warmup follows.
-        time.sleep(START_DELAY_S + load.warmup)
-        meter.start()
-        time.sleep(load.duration)
-        used = meter.read()
-    run = bench.finish(name, proc, rate)
-    app = used.pop(APP, 0.0)
-    return Step(setup, run, used, app)
-
-
-def one_setup(
-    bench: Bench, setup: str, redis_pids: dict[str, int], plan_rates: tuple[float, ...]
-) -> list[Step]:
-    """Every rate on one fresh, warmed-up product process over the given Redis."""
-    (server,) = bench.servers("product")
+def one_setup(bench: Bench, setup: str, rates: tuple[float, ...]) -> list[Step]:
+    """Every rate on one fresh, warmed-up product process over the current Redis."""
+    servers = bench.servers("product")
+    key = "cluster" if "cluster" in setup else "single"
     try:
-        meter = CpuMeter({**{name: [pid] for name, pid in redis_pids.items()}, APP: [server.pid]})
-        return [measured_step(bench, server, setup, rate, meter) for rate in plan_rates]
+        return [
+            Step(setup, bench.run(f"cl-{key}-{rate:g}", servers, bench.plan.rooms, rate))
+            for rate in rates
+        ]
     finally:
-        server.stop()
+        for server in servers:
+            server.stop()
 
 
 def run(quick: bool, results: Path) -> list[Step]:
@@ -137,15 +122,10 @@ def run(quick: bool, results: Path) -> list[Step]:
         )
         bench = Bench(services, tokens, results, plan)
         print(f"cluster_load: one Redis, rates {rates}", flush=True)
-        if services.redis is None:
-            raise RuntimeError("Services.start started no Redis")
-        single = {f"redis :{services.redis_port}": services.redis.pid}
-        steps += one_setup(bench, "one Redis", single, rates)
-        cluster.start()
-        services.cluster = cluster
-        shards = {f"redis :{n.port}": n.pid for n in cluster.nodes() if n.slots}
+        steps += one_setup(bench, "one Redis", rates)
+        services.cluster = cluster.start()
         print(f"cluster_load: {SHARDS}-master cluster {cluster.seeds}", flush=True)
-        steps += one_setup(bench, f"cluster, {SHARDS} masters", shards, rates)
+        steps += one_setup(bench, f"cluster, {SHARDS} masters", rates)
     finally:
         cluster.stop()
         services.stop()
@@ -155,16 +135,19 @@ def run(quick: bool, results: Path) -> list[Step]:
 def _row(step: Step) -> str:
     d, c = step.run.report["delivery"], step.run.report["correctness"]
     p99 = d["latency_ms"]["p99"]
-    per_shard = " / ".join(f"{seconds:.2f}" for seconds in step.redis_cpu.values()) or "-"
-    per_delivery = step.cpu_per_delivery_us()
+    shards = step.shards()
+    per_shard = " / ".join(f"{seconds:.2f}" for seconds in shards.values()) or "-"
+    redis_us, app_us = step.run.cpu_us("redis"), step.run.cpu_us("server")
     return (
         f"| {step.setup} | {step.run.rate:g} | {d['deliveries_per_s']:,.0f} "
-        f"| {'-' if p99 is None else f'{p99:.1f}'} "
-        f"| {c['lost']} / {c['duplicated']} / {c['out_of_order']} "
-        f"| {per_shard} | {sum(step.redis_cpu.values()):.2f} "
-        f"| {'-' if per_delivery is None else f'{per_delivery:.1f}'} | {step.app_cpu:.2f} "
+        f"| {_num(p99)} | {c['lost']} / {c['duplicated']} / {c['out_of_order']} "
+        f"| {per_shard} | {sum(shards.values()):.2f} | {_num(redis_us)} | {_num(app_us)} "
         f"| {_verdict(step.run)} |\n"
     )
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _verdict(run: Run) -> str:
@@ -187,7 +170,7 @@ def markdown(steps: list[Step], command: str, started: datetime, code: str, load
         "measured window (bench/cpu.py), per shard in port order; every process, the "
         "generator included, shares the machine's cores, so compare within one run.\n\n"
         "| Redis | msg/s | deliveries/s | p99 ms | lost / dup / ooo | Redis CPU s per shard "
-        "| Redis CPU s | Redis CPU µs per delivery | app CPU s | result |\n"
+        "| Redis CPU s | Redis CPU µs per delivery | app CPU µs per delivery | result |\n"
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n"
         + "".join(_row(step) for step in steps)
     )
@@ -227,8 +210,7 @@ def _summary(step: Step) -> dict[str, Any]:
         "delivery": step.run.report["delivery"]["deliveries_per_s"],
         "p99_ms": step.run.report["delivery"]["latency_ms"]["p99"],
         "correctness": step.run.report["correctness"],
-        "redis_cpu_s": step.redis_cpu,
-        "app_cpu_s": step.app_cpu,
+        "cpu_s": step.cpu,
     }
 
 
