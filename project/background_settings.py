@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from django.core.exceptions import ImproperlyConfigured
+
 from project import redis_config
 from project.environment import env, secret
 
@@ -14,6 +16,13 @@ from project.environment import env, secret
 # With REDIS_SENTINELS the broker is kombu's Sentinel transport, following the master too.
 CELERY_BROKER_URL = secret("CELERY_BROKER_URL") or redis_config.redis_url(secret)
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
+if redis_config.cluster_of(CELERY_BROKER_URL):
+    # kombu has no Redis Cluster transport: running tasks eagerly in the web pods instead
+    # would be a silent change of behaviour, so the start-up stops here.
+    raise ImproperlyConfigured(
+        "REDIS_CLUSTER_NODES: Celery cannot use a Redis Cluster as its broker; set "
+        "CELERY_BROKER_URL (one Redis, sentinel://..., or amqp://...)"
+    )
 if _sentinel := redis_config.sentinel_of(CELERY_BROKER_URL):
     CELERY_BROKER_URL, CELERY_BROKER_TRANSPORT_OPTIONS = _sentinel.celery_broker()
 CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL

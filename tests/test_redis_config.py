@@ -1,4 +1,4 @@
-"""Which Redis the app uses (project/redis_config.py): REDIS_URL, or Sentinel, and only one."""
+"""Which Redis the app uses (project/redis_config.py): REDIS_URL, Sentinel or Cluster, only one."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from project.redis_config import SentinelConfig, redis_url, sentinel_of
+from project.redis_config import ClusterConfig, SentinelConfig, cluster_of, redis_url, sentinel_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,8 @@ def test_without_passwords_the_sentinel_url_has_none() -> None:
         ({"REDIS_URL": "redis://h", "REDIS_SENTINELS": "s:1"}, "REDIS_URL and REDIS_SENTINELS"),
         ({"REDIS_URL": "redis://h", "REDIS_CLUSTER_NODES": "c:1"}, "REDIS_CLUSTER_NODES"),
         ({"REDIS_SENTINELS": "s:1", "REDIS_CLUSTER_NODES": "c:1"}, "not both"),
-        ({"REDIS_CLUSTER_NODES": "c:7000,c:7001"}, "not supported yet"),
+        ({"REDIS_CLUSTER_NODES": "c:7000,c"}, "REDIS_CLUSTER_NODES: host:port"),
+        ({"REDIS_CLUSTER_NODES": "c:7000", "REDIS_SENTINEL_MASTER": "m"}, "SENTINELS is not"),
         ({"REDIS_SENTINELS": "s:26379"}, "needs REDIS_SENTINEL_MASTER"),
         ({"REDIS_SENTINEL_MASTER": "mymaster"}, "REDIS_SENTINELS is not"),
         ({"REDIS_SENTINELS": "s:26379,s2", "REDIS_SENTINEL_MASTER": "m"}, "'s2'"),
@@ -68,6 +69,17 @@ def test_without_passwords_the_sentinel_url_has_none() -> None:
 def test_anything_but_one_redis_setup_is_refused(values: dict[str, str], message: str) -> None:
     with pytest.raises(ImproperlyConfigured, match=message.replace("?", r"\?")):
         redis_url(values.get)
+
+
+def test_cluster_nodes_become_a_cluster_url_with_the_password() -> None:
+    url = configured(REDIS_CLUSTER_NODES="c1:7000, c2:7001", REDIS_PASSWORD="p@ss word")
+    assert url == "redis+cluster://c1:7000,c2:7001?password=p%40ss+word"
+    assert cluster_of(url) == ClusterConfig(
+        nodes=(("c1", 7000), ("c2", 7001)), password="p@ss word"
+    )
+    assert configured(REDIS_CLUSTER_NODES="c1:7000") == "redis+cluster://c1:7000"
+    assert cluster_of("redis://h:6379/0") is None
+    assert sentinel_of(url) is None
 
 
 def test_celery_broker_is_kombus_sentinel_transport() -> None:
@@ -135,4 +147,38 @@ def test_sentinel_settings_give_the_broker_and_the_layer(tmp_path: Path) -> None
         "{'master_name': 'mymaster'}",
         # No CACHE_URL and several processes: no cache, as with REDIS_URL.
         "django.core.cache.backends.dummy.DummyCache",
+    ]
+
+
+def _settings_with(extra: dict[str, str], code: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "DJANGO_SETTINGS_MODULE": "project.settings",
+        "SECRET_KEY": "x" * 50,
+        **extra,
+    }
+    return subprocess.run(
+        [sys.executable, "-c", f"import django; django.setup(); {code}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_cluster_needs_a_broker_of_its_own() -> None:
+    """kombu has no Cluster transport: without CELERY_BROKER_URL the start-up says so; with
+    one, the layer gets the cluster and Celery its broker."""
+    nodes = {"REDIS_CLUSTER_NODES": "127.0.0.1:7000,127.0.0.1:7001"}
+    refused = _settings_with(nodes, "pass")
+    assert refused.returncode != 0
+    assert "Celery cannot use a Redis Cluster as its broker" in refused.stderr
+    code = "from django.conf import settings as s; print(s.REDIS_URL); print(s.CELERY_BROKER_URL)"
+    done = _settings_with({**nodes, "CELERY_BROKER_URL": "redis://127.0.0.1:1/0"}, code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "redis+cluster://127.0.0.1:7000,127.0.0.1:7001",
+        "redis://127.0.0.1:1/0",
     ]
