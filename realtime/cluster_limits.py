@@ -29,17 +29,17 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from functools import lru_cache, partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from django.conf import settings
 
 # The `limits` package from PyPI (rate-limit strategies over Redis), not realtime.limits.
 from limits import RateLimitItem, RateLimitItemPerSecond
+from limits.aio.storage import RedisClusterStorage as LimitsClusterStorage
 from limits.aio.storage import RedisStorage as LimitsRedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
+from project import redis_config
 from realtime import redis_clients
 from realtime.process import get_process
 from realtime.tasks import spawn
@@ -102,19 +102,11 @@ class ClusterLimits:
     def __init__(self) -> None:
         timeout: float = settings.LIMITS_REDIS_TIMEOUT
         self.timeout = timeout
-        self.pool = redis_clients.limits_pool(str(settings.REDIS_URL))
-        self.redis = Redis(connection_pool=self.pool)
+        url = str(settings.REDIS_URL)
+        self.redis = redis_clients.limits_client(url)
         self.seat_script = self.redis.register_script(SEAT)
         self.touch_script = self.redis.register_script(TOUCH)
-        # The package only picks its redis-py bridge from the URL; the address and any
-        # password stay in our pool, which it uses as it is.
-        storage = LimitsRedisStorage(
-            "async+redis://",
-            implementation="redispy",
-            key_prefix=LIMITS_PREFIX,
-            connection_pool=self.pool,  # type: ignore[arg-type]  # passed on to redis-py as is
-        )
-        self.limiter = MovingWindowRateLimiter(storage)
+        self.limiter = MovingWindowRateLimiter(self._storage(url))
         self.process = uuid.uuid4().hex[:12]
         self.numbers = itertools.count()
         self.live: dict[object, list[str]] = {}  # user id -> members of sockets here
@@ -127,6 +119,35 @@ class ClusterLimits:
         self.idle.set()
         self.wake = asyncio.Event()
         self.refresher: asyncio.Task[None] | None = None
+
+    def _storage(self, url: str) -> LimitsRedisStorage:
+        """The `limits` package's storage on the same Redis. Its keys are one per user and
+        budget, so its scripts stay on one slot of a Cluster."""
+        cluster = redis_config.cluster_of(url)
+        if cluster is None:
+            # The package only picks its redis-py bridge from the URL; the address and any
+            # password stay in our pool, which it uses as it is.
+            pool: Any = getattr(self.redis, "connection_pool", None)
+            return LimitsRedisStorage(
+                "async+redis://",
+                implementation="redispy",
+                key_prefix=LIMITS_PREFIX,
+                connection_pool=pool,
+            )
+        # A Cluster client of its own (the package makes it from the seed nodes), with the
+        # same timeouts; the password goes as an option, not in the URL it may print.
+        options = redis_clients.limits_options()
+        for pool_only in ("max_connections", "timeout"):
+            options.pop(pool_only)
+        seeds = ",".join(f"{host}:{port}" for host, port in cluster.nodes)
+        if cluster.password:
+            options["password"] = cluster.password
+        return LimitsClusterStorage(
+            f"async+redis+cluster://{seeds}",
+            implementation="redispy",
+            key_prefix=LIMITS_PREFIX,
+            **options,
+        )
 
     # Connections.
 
@@ -197,11 +218,9 @@ class ClusterLimits:
             self.idle.set()
 
     async def _touch(self, ttl: int, touches: list[tuple[str, list[str]]]) -> list[object]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key, members in touches:
-                await self.touch_script(keys=[key], args=[ttl, *members], client=pipe)
-            result: list[object] = await pipe.execute()
-            return result
+        return await redis_clients.run_scripts(
+            self.redis, [(self.touch_script, [key], [ttl, *members]) for key, members in touches]
+        )
 
     async def _remove_all(self, removals: list[tuple[str, str]]) -> list[object]:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -237,7 +256,7 @@ class ClusterLimits:
         try:
             async with asyncio.timeout(self.timeout):
                 answer = await call()
-        except (RedisError, OSError) as error:  # OSError includes TimeoutError
+        except (*redis_config.ERRORS, OSError) as error:  # OSError includes TimeoutError
             self._failed(error)
             return None
         if self.down_since is not None:
@@ -273,7 +292,7 @@ class ClusterLimits:
     async def aclose(self) -> None:
         if self.refresher is not None:
             self.refresher.cancel()
-        await self.pool.aclose()
+        await self.redis.aclose()
 
 
 def _ttl_ms() -> int:

@@ -19,9 +19,8 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import DatabaseError
-from redis.exceptions import RedisError
 
-from project import logs, metrics
+from project import logs, metrics, redis_config
 from realtime import drain, limits, protocol, publisher, recheck
 from realtime.catchup import NotificationStream, RoomStream, Stream
 from realtime.deadlines import db, sweep_connections
@@ -242,7 +241,7 @@ class ChatConsumer(UserEvents, AsyncWebsocketConsumer):  # type: ignore[misc]  #
                 await self.close(code=CLOSE_POLICY)
         except ApiError as error:
             await self.send(protocol.error_frame(error.code, error.message, ref))
-        except (DatabaseError, RedisError, TimeoutError, ConnectionError) as error:
+        except (DatabaseError, *redis_config.ERRORS, TimeoutError, ConnectionError) as error:
             logger.warning("a backing service failed while handling a frame", exc_info=True)
             err = protocol.unavailable(command, error)
             await self.send(protocol.error_frame(err.code, err.message, ref))

@@ -23,13 +23,12 @@ import logging
 from typing import Any
 
 import psycopg
-import redis.asyncio
 from django.conf import settings
 from django.db import connections
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from project import metrics
+from project import metrics, redis_config
 from realtime import redis_clients
 from realtime.process import get_process
 from realtime.tasks import spawn
@@ -48,7 +47,7 @@ class Health:
 
     def __init__(self) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.redis: redis.asyncio.Redis | None = None
+        self.redis: redis_clients.AsyncRedis | None = None
         self.redis_url: str | None = None
 
     async def postgres(self) -> str:
@@ -87,7 +86,7 @@ class Health:
         try:
             async with asyncio.timeout(CHECK_TIMEOUT):
                 await self.redis.ping()
-        except (redis.RedisError, OSError, TimeoutError):
+        except (*redis_config.ERRORS, OSError, TimeoutError):
             logger.warning("readiness: Redis did not answer", exc_info=True)
             self._drop_redis()
             return UNAVAILABLE
@@ -111,7 +110,7 @@ class Health:
             await _close_quietly(client)
 
 
-async def _close_quietly(client: redis.asyncio.Redis) -> None:
+async def _close_quietly(client: redis_clients.AsyncRedis) -> None:
     with contextlib.suppress(Exception):
         async with asyncio.timeout(CHECK_TIMEOUT):
             await client.aclose()

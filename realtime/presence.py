@@ -32,8 +32,8 @@ from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from redis.exceptions import RedisError
 
+from project import redis_config
 from realtime import redis_clients
 from realtime.presence_store import MemoryStore, RedisStore, Store
 from web import activity
@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-FAILURES = (RedisError, OSError)  # OSError includes TimeoutError and ConnectionError
+FAILURES = (*redis_config.ERRORS, OSError)  # OSError includes TimeoutError and ConnectionError
 send_changes = sync_to_async(do_presence_changes, thread_sensitive=False)
 _origins = itertools.count()
 PROCESS_ID = uuid.uuid4().hex[:12]  # names this process's members in Redis

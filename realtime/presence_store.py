@@ -1,6 +1,6 @@
 """Where presence is kept: Redis, changed only by the Lua scripts here, or this process's memory.
 
-Per room, `chat:presence:<room id>:m` is a sorted set of members "<process>|<username>"
+Per room, `chat:presence:{<room id>}:m` is a sorted set of members "<process>|<username>"
 scored with the millisecond time (Redis' clock) they expire, and `...:n` a hash username ->
 number of processes holding the user. Each script sweeps the expired members first and
 reports the users whose count fell to 0, so two processes sweeping at once never both
@@ -14,8 +14,8 @@ import time
 from typing import Any, Protocol
 
 from django.conf import settings
-from redis.asyncio import Redis
 
+from realtime.redis_clients import AsyncRedis, run_scripts
 from web import activity
 
 PREFIX = activity.PRESENCE_PREFIX
@@ -86,8 +86,7 @@ class Store(Protocol):
     async def aclose(self) -> None: ...
 
 
-def keys(room_id: int) -> list[str]:
-    return [f"{PREFIX}{room_id}:m", f"{PREFIX}{room_id}:n"]
+keys = activity.room_keys
 
 
 def _ttl_ms() -> int:
@@ -99,7 +98,7 @@ def _strs(values: list[Any]) -> list[str]:
 
 
 class RedisStore:
-    def __init__(self, redis: Redis):
+    def __init__(self, redis: AsyncRedis):
         self.redis = redis
         self.join_script = redis.register_script(JOIN)
         self.leave_script = redis.register_script(LEAVE)
@@ -118,10 +117,10 @@ class RedisStore:
         by_room: dict[int, list[str]] = {}
         for room_id, member in members:
             by_room.setdefault(room_id, []).append(member)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for room_id, room_members in by_room.items():
-                await self.leave_script(keys=keys(room_id), args=room_members, client=pipe)
-            answers = await pipe.execute()
+        answers = await run_scripts(
+            self.redis,
+            [(self.leave_script, keys(room_id), members) for room_id, members in by_room.items()],
+        )
         return {room_id: _strs(left) for room_id, left in zip(by_room, answers, strict=True)}
 
     async def beat(self, entries: dict[int, list[str]]) -> dict[int, Changes]:
@@ -129,11 +128,13 @@ class RedisStore:
         if not entries:
             return {}
         ttl = _ttl_ms()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for room_id, members in entries.items():
-                args: list[str | int] = [ttl, "0", *members]
-                await self.join_script(keys=keys(room_id), args=args, client=pipe)
-            answers = await pipe.execute()
+        answers = await run_scripts(
+            self.redis,
+            [
+                (self.join_script, keys(room_id), [ttl, "0", *members])
+                for room_id, members in entries.items()
+            ],
+        )
         return {
             room_id: (_strs(joined), _strs(left))
             for room_id, (joined, left, _) in zip(entries, answers, strict=True)

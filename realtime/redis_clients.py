@@ -14,24 +14,46 @@ the server closed (a restart, an idle timeout) instead of failing a call.
 
 With Sentinel (REDIS_URL `redis+sentinel://`, project/redis_config.py) each client asks the
 sentinels for the master (redis-py's Sentinel `master_for`, the same timeouts) and asks again
-on every new connection, so after a failover a reconnect reaches the promoted replica.
+on every new connection, so after a failover a reconnect reaches the promoted replica. One
+Sentinel object (its connections to the sentinels) per configuration, and per event loop for
+asyncio ones, serves every client: a feed that reconnects does not open new ones each time.
+
+With Redis Cluster (REDIS_URL `redis+cluster://`) each client is redis-py's RedisCluster, which
+routes every command by its key's slot and follows MOVED and failovers; the fan-out's pub/sub
+is sharded and keeps one connection per master (realtime/sharded_feed.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
 import redis.asyncio.sentinel
+import redis.cluster
 import redis.sentinel
 from django.conf import settings
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 
 from project import redis_config
 
 LIMITS_POOL_SIZE = 8  # the most Redis connections the limits of one process use
+SCRIPTS_IN_FLIGHT = 8  # run_scripts on a Cluster: calls under way at once
+
+# An asyncio client for one server, a Sentinel master or a Cluster: the same commands.
+AsyncRedis = redis.asyncio.Redis | redis.asyncio.RedisCluster
+SyncRedis = redis.Redis | redis.cluster.RedisCluster
+
+_sync_sentinels: dict[tuple[Any, ...], redis.sentinel.Sentinel] = {}
+_async_sentinels: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[Any, ...], redis.asyncio.sentinel.Sentinel]
+] = weakref.WeakKeyDictionary()
 
 
 def _common() -> dict[str, Any]:
@@ -47,14 +69,34 @@ def _master(
     """A client of the master the sentinels name (its pool asks them on each new connection).
     The sentinels' own connections get the same socket timeouts, and their password if any."""
     sentinel = {name: value for name, value in options.items() if name.startswith("socket_")}
-    sentinels = sentinel_class(
-        config.nodes, sentinel_kwargs={**sentinel, "password": config.sentinel_password}
-    )
+    key = (config, tuple(sorted(sentinel.items())))
+    if sentinel_class is redis.sentinel.Sentinel:
+        known: dict[tuple[Any, ...], Any] = _sync_sentinels
+    else:  # asyncio: its connections belong to the running loop
+        known = _async_sentinels.setdefault(asyncio.get_running_loop(), {})
+    sentinels = known.get(key)
+    if sentinels is None:
+        sentinels = known[key] = sentinel_class(
+            config.nodes, sentinel_kwargs={**sentinel, "password": config.sentinel_password}
+        )
     return sentinels.master_for(config.master, password=config.password, **options, **extra)
 
 
-def async_client(url: str, **options: Any) -> redis.asyncio.Redis:
-    """An asyncio client with these options, for a server or a Sentinel master."""
+def _cluster_options(options: dict[str, Any]) -> dict[str, Any]:
+    # RedisCluster takes its connection settings as keyword arguments. Not a pool's bound: its
+    # pools never wait for a free connection but fail at once, which a burst of callers would
+    # turn into errors; what it holds is bounded by its callers (run_scripts bounds its own).
+    return {k: v for k, v in options.items() if k not in ("max_connections", "timeout")}
+
+
+def async_client(url: str, **options: Any) -> AsyncRedis:
+    """An asyncio client with these options, for a server, a Sentinel master or a Cluster."""
+    if cluster := redis_config.cluster_of(url):
+        return redis.asyncio.RedisCluster(
+            startup_nodes=[redis.asyncio.cluster.ClusterNode(h, p) for h, p in cluster.nodes],
+            password=cluster.password,
+            **_cluster_options(options),
+        )
     config = redis_config.sentinel_of(url)
     if config is None:
         return redis.asyncio.Redis.from_url(url, **options)
@@ -62,8 +104,18 @@ def async_client(url: str, **options: Any) -> redis.asyncio.Redis:
     return client
 
 
-def sync_client(url: str, **options: Any) -> redis.Redis:
-    """A thread-safe pooled client with these options, for a server or a Sentinel master."""
+def sync_client(url: str, **options: Any) -> SyncRedis:
+    """A thread-safe pooled client with these options, for a server, a Sentinel master or a
+    Cluster."""
+    if cluster := redis_config.cluster_of(url):
+        return redis.cluster.RedisCluster(
+            startup_nodes=[
+                redis.cluster.ClusterNode(h, p)  # type: ignore[no-untyped-call]
+                for h, p in cluster.nodes
+            ],
+            password=cluster.password,
+            **_cluster_options(options),
+        )
     config = redis_config.sentinel_of(url)
     if config is None:
         return redis.Redis.from_url(url, **options)
@@ -71,7 +123,45 @@ def sync_client(url: str, **options: Any) -> redis.Redis:
     return client
 
 
-def feed_client(url: str) -> redis.asyncio.Redis:
+def node_client(host: str, port: int, url: str) -> redis.asyncio.Redis:
+    """For the pub/sub connection to one master of a Cluster (realtime/sharded_feed.py): the
+    feed's timeouts and the cluster's password."""
+    cluster = redis_config.cluster_of(url)
+    return redis.asyncio.Redis(
+        host=host,
+        port=port,
+        password=cluster.password if cluster else None,
+        socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT_SECONDS,
+        socket_timeout=settings.REDIS_FEED_TIMEOUT_SECONDS,
+        # No silent reconnect: a lost connection must break the feed, whose rebuild reads the
+        # topology again and has every socket catch up.
+        retry=Retry(NoBackoff(), 0),
+        **_common(),
+    )
+
+
+async def run_scripts(
+    client: AsyncRedis, calls: Sequence[tuple[AsyncScript, Sequence[Any], Sequence[Any]]]
+) -> list[Any]:
+    """(script, keys, args) calls in one round trip, their answers in order: a pipeline on one
+    server; on a Cluster, where redis-py refuses scripts in a pipeline (the calls may go to
+    several nodes), all at once, each to the node of its keys."""
+    if isinstance(client, redis.asyncio.RedisCluster):
+        in_flight = asyncio.Semaphore(SCRIPTS_IN_FLIGHT)
+
+        async def call(script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+            async with in_flight:
+                return await script(keys=keys, args=args)
+
+        return list(await asyncio.gather(*(call(*c) for c in calls)))
+    async with client.pipeline(transaction=False) as pipe:
+        for script, keys, args in calls:
+            await script(keys=keys, args=args, client=pipe)
+        answers: list[Any] = await pipe.execute()
+        return answers
+
+
+def feed_client(url: str) -> AsyncRedis:
     """For the pub/sub connection that reads every event this process follows."""
     return async_client(
         url,
@@ -81,12 +171,12 @@ def feed_client(url: str) -> redis.asyncio.Redis:
     )
 
 
-def publisher(url: str) -> redis.Redis:
+def publisher(url: str) -> SyncRedis:
     """For PUBLISH from any thread (an action's on_commit)."""
     return sync_client(url, **_publish_options())
 
 
-def async_publisher(url: str) -> redis.asyncio.Redis:
+def async_publisher(url: str) -> AsyncRedis:
     """For PUBLISH from a coroutine (bound to the event loop it is first used on)."""
     return async_client(url, **_publish_options())
 
@@ -102,11 +192,11 @@ class _BlockingSentinelPool(
     """Connections to the master Sentinel names, waiting (bounded) for a free one."""
 
 
-def limits_pool(url: str) -> redis.asyncio.ConnectionPool:
-    """For the shared limits: every call bounded by LIMITS_REDIS_TIMEOUT, waiting for a free
-    connection included (a pool exhausted counts as Redis being slow)."""
+def limits_options() -> dict[str, Any]:
+    """The shared limits' connection settings: every call bounded by LIMITS_REDIS_TIMEOUT,
+    waiting for a free connection included (a pool exhausted counts as Redis being slow)."""
     timeout: float = settings.LIMITS_REDIS_TIMEOUT
-    options: dict[str, Any] = {
+    return {
         "max_connections": LIMITS_POOL_SIZE,
         "timeout": timeout,
         "socket_connect_timeout": timeout,
@@ -116,24 +206,24 @@ def limits_pool(url: str) -> redis.asyncio.ConnectionPool:
         "retry": Retry(NoBackoff(), 1),
         **_common(),
     }
+
+
+def limits_client(url: str) -> AsyncRedis:
+    """For the shared limits (realtime/cluster_limits.py): a small blocking pool on one server
+    or a Sentinel master; on a Cluster, RedisCluster with the same timeouts."""
+    options = limits_options()
+    if redis_config.cluster_of(url):
+        return async_client(url, **options)
     config = redis_config.sentinel_of(url)
     if config is not None:
-        client = _master(
+        client: redis.asyncio.Redis = _master(
             redis.asyncio.sentinel.Sentinel,
             config,
             options,
             connection_pool_class=_BlockingSentinelPool,
         )
-        pool: redis.asyncio.ConnectionPool = client.connection_pool
-        return pool
-    return redis.asyncio.BlockingConnectionPool.from_url(
-        url,
-        max_connections=LIMITS_POOL_SIZE,
-        timeout=timeout,
-        socket_connect_timeout=timeout,
-        socket_timeout=timeout,
-        # redis-py 8 retries 10 times with backoff by default; once, at once, is enough to
-        # replace a pooled connection the server closed.
-        retry=Retry(NoBackoff(), 1),
-        **_common(),
+        return client
+    # from_pool: closing the client closes its pool.
+    return redis.asyncio.Redis.from_pool(
+        redis.asyncio.BlockingConnectionPool.from_url(url, **options)
     )

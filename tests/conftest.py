@@ -28,6 +28,26 @@ postgresql_proc = pg_factories.postgresql_proc(
 redis_proc = redis_factories.redis_proc(port=None)  # type: ignore[arg-type]  # None: any free port, per its docs
 
 
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[Any]:
+    """A throwaway Redis Cluster of three masters (bench/redis_cluster.py), for the session."""
+    from bench.redis_cluster import RedisCluster
+
+    with RedisCluster(masters=3) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: Any) -> str:
+    """settings.REDIS_URL for that cluster, emptied first (tests use fixed key names)."""
+    import redis
+
+    for port in redis_cluster.master_ports():
+        with redis.Redis(host="127.0.0.1", port=port) as client:
+            client.flushall()
+    return f"redis+cluster://{redis_cluster.seeds}"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The browser tests last. Playwright's sync API (pytest-playwright's session fixtures)
     keeps an event loop marked running in the main thread until the session ends; every

@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 from django.test import override_settings
 
-from realtime import cluster_limits, limits, tasks
+from realtime import cluster_limits, limits, redis_clients, tasks
 from realtime.cluster_limits import CONNS_PREFIX, ClusterLimits, window
 from realtime.process import get_process
 from tests.e2e.servers import free_port
@@ -24,9 +24,11 @@ from tests.e2e.servers import free_port
 CAP = 2
 
 
-@pytest.fixture
-def redis_url(redis_proc: Any) -> Iterator[str]:
+@pytest.fixture(params=["redis", "redis cluster"])
+def redis_url(request: pytest.FixtureRequest, redis_proc: Any) -> Iterator[str]:
     url = f"redis://{redis_proc.host}:{redis_proc.port}/0"
+    if request.param == "redis cluster":
+        url = request.getfixturevalue("redis_cluster_url")
     with override_settings(REDIS_URL=url, MAX_CONNECTIONS_PER_USER=CAP):
         cluster_limits.reset_cluster_limits()
         yield url
@@ -53,8 +55,8 @@ async def processes(redis_url: str) -> AsyncIterator[tuple[ClusterLimits, Cluste
 
 
 @pytest.fixture
-async def server(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
+async def server(redis_url: str) -> AsyncIterator[redis_clients.AsyncRedis]:
+    client = redis_clients.async_client(redis_url)
     yield client
     await client.aclose()
 

@@ -18,7 +18,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.test import Client, override_settings
 
-from realtime import cluster_limits
+from realtime import cluster_limits, redis_clients
 from realtime import presence as presence_module
 from realtime.presence import Presence, get_presence
 from realtime.presence_store import keys
@@ -149,16 +149,18 @@ async def test_joins_in_one_window_go_out_as_one_frame_per_room(
 # Over a real Redis: two processes.
 
 
-@pytest.fixture
-def redis_url(redis_proc: Any) -> Iterator[str]:
+@pytest.fixture(params=["redis", "redis cluster"])
+def redis_url(request: pytest.FixtureRequest, redis_proc: Any) -> Iterator[str]:
     url = f"redis://{redis_proc.host}:{redis_proc.port}/0"
+    if request.param == "redis cluster":
+        url = request.getfixturevalue("redis_cluster_url")
     with override_settings(REDIS_URL=url, PRESENCE_TTL_SECONDS=0.5):
         yield url
 
 
 @pytest.fixture
-async def server(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
+async def server(redis_url: str) -> AsyncIterator[redis_clients.AsyncRedis]:
+    client = redis_clients.async_client(redis_url)
     yield client
     await client.aclose()
 

@@ -86,9 +86,11 @@ async def test_a_client_typing_without_pause_is_not_cut_off(general: Room, alice
     await alice_ws.comm.disconnect()
 
 
-@pytest.fixture
-def redis_url(redis_proc: Any) -> Iterator[str]:
+@pytest.fixture(params=["redis", "redis cluster"])
+def redis_url(request: pytest.FixtureRequest, redis_proc: Any) -> Iterator[str]:
     url = f"redis://{redis_proc.host}:{redis_proc.port}/0"
+    if request.param == "redis cluster":
+        url = request.getfixturevalue("redis_cluster_url")
     with override_settings(REDIS_URL=url):
         cluster_limits.reset_cluster_limits()
         yield url

@@ -2,13 +2,15 @@
 (realtime/presence.py), read from anywhere, a worker process included.
 
 With REDIS_URL, realtime/presence.py writes, for each user with a socket in a process,
-`chat:seen:<user id>`: a sorted set of processes scored with the time (ms, Redis' clock)
+`chat:{seen}:<user id>`: a sorted set of processes scored with the time (ms, Redis' clock)
 they stop vouching for the user, renewed every PRESENCE_HEARTBEAT_SECONDS; and the
-user's last time in the hash `chat:lastseen` (at every heartbeat, and when the process's
-last socket of the user closes). So a worker process (a Celery task) reads Redis, not
-any server's memory; a process killed without a goodbye stops vouching after
-PRESENCE_TTL_SECONDS and the user's last heartbeat is what remains. Without REDIS_URL
-the one process keeps the same in memory (`LOCAL`).
+user's last time in the hash `chat:{seen}:last` (at every heartbeat, and when the process's
+last socket of the user closes). The `{seen}` hash tag keeps all of them in one slot of a
+Redis Cluster, since one script reads and writes many users' keys at once; what goes there
+is small (one heartbeat per process and interval), so one shard holding it is no hot spot.
+So a worker process (a Celery task) reads Redis, not any server's memory; a process killed
+without a goodbye stops vouching after PRESENCE_TTL_SECONDS and the user's last heartbeat is
+what remains. Without REDIS_URL the one process keeps the same in memory (`LOCAL`).
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from typing import Any
 
 from django.conf import settings
 
-PRESENCE_PREFIX = "chat:presence:"  # + "<room id>:m" and ":n": realtime/presence_store.py
-LAST_SEEN_KEY = "chat:lastseen"
-SEEN_PREFIX = "chat:seen:"
+PRESENCE_PREFIX = "chat:presence:"  # + "{<room id>}:m" and ":n": realtime/presence_store.py
+LAST_SEEN_KEY = "chat:{seen}:last"
+SEEN_PREFIX = "chat:{seen}:"  # the scripts below spell it out: keep them in step
 
 # Millisecond time from Redis' own clock, so the processes' clocks do not matter.
 NOW_MS = "local t = redis.call('TIME')\nlocal now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
@@ -32,7 +34,7 @@ SEEN = (
     NOW_MS
     + """
 for i = 3, #ARGV do
-    local key = 'chat:seen:' .. ARGV[i]
+    local key = 'chat:{seen}:' .. ARGV[i]
     redis.call('ZADD', key, now + tonumber(ARGV[1]), ARGV[2])
     redis.call('PEXPIRE', key, ARGV[1])
     redis.call('HSET', KEYS[1], ARGV[i], now)
@@ -46,7 +48,7 @@ SEEN_LEAVE = (
     NOW_MS
     + """
 for i = 2, #ARGV do
-    redis.call('ZREM', 'chat:seen:' .. ARGV[i], ARGV[1])
+    redis.call('ZREM', 'chat:{seen}:' .. ARGV[i], ARGV[1])
     redis.call('HSET', KEYS[1], ARGV[i], now)
 end
 return 0
@@ -60,7 +62,7 @@ LAST_SEEN = (
     + """
 local out = {}
 for i = 1, #ARGV do
-    if redis.call('ZCOUNT', 'chat:seen:' .. ARGV[i], now, '+inf') > 0 then
+    if redis.call('ZCOUNT', 'chat:{seen}:' .. ARGV[i], now, '+inf') > 0 then
         out[i] = now
     else
         out[i] = redis.call('HGET', KEYS[1], ARGV[i])
@@ -113,6 +115,14 @@ class LocalSeen:
 
 
 LOCAL = LocalSeen()
+
+
+def room_keys(room_id: int) -> list[str]:
+    """A room's presence keys: its members' sorted set and its users' hash. The `{<room id>}`
+    hash tag keeps both in one slot of a Redis Cluster: the scripts touch them together."""
+    return [f"{PRESENCE_PREFIX}{{{room_id}}}:m", f"{PRESENCE_PREFIX}{{{room_id}}}:n"]
+
+
 _clients: dict[str, Any] = {}  # by REDIS_URL: a pooled client for any thread
 
 
@@ -134,7 +144,7 @@ def online_users(room_id: int) -> list[str]:
     REDIS_URL is set): call it from a thread."""
     if not settings.REDIS_URL:
         return sorted(LOCAL.rooms.get(room_id, {}))
-    users = _redis().eval(ONLINE, 1, f"{PRESENCE_PREFIX}{room_id}:m")
+    users = _redis().eval(ONLINE, 1, room_keys(room_id)[0])
     return sorted(u.decode() if isinstance(u, bytes) else str(u) for u in users)
 
 

@@ -53,9 +53,8 @@ from django.core.cache.backends.dummy import DummyCache
 from django.core.signals import setting_changed
 from django.db import connection, transaction
 from pymemcache.exceptions import MemcacheError
-from redis.exceptions import RedisError
 
-from project import metrics
+from project import metrics, redis_config
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +63,7 @@ ROOMS = "v:rooms"
 
 # The cache service failing (down, timed out, refused); anything else a read raises is an
 # entry that did not decode.
-UNAVAILABLE = (OSError, RedisError, MemcacheError)
+UNAVAILABLE = (OSError, *redis_config.ERRORS, MemcacheError)
 # Writes also: pymemcache's HashClient (Django's PyMemcacheCache) can raise ValueError ("No
 # such node ... to remove") when a server fails again while its dead-server bookkeeping is
 # half-way (retry_attempts=0); the server is down all the same. Seen in tests/test_cache_faults.py.

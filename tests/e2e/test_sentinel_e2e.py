@@ -224,7 +224,7 @@ async def test_a_sentinel_failover_loses_repeats_and_reorders_nothing(
     # Every kind of client the app makes, made before the failover and used after it.
     publisher = redis_clients.publisher(url)
     async_publisher = redis_clients.async_publisher(url)
-    limits = redis.asyncio.Redis(connection_pool=redis_clients.limits_pool(url))
+    limits = redis_clients.limits_client(url)
     assert publisher.set("sentinel-e2e", "before")
     assert await async_publisher.get("sentinel-e2e") == b"before"
     assert await limits.get("sentinel-e2e") == b"before"
