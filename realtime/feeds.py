@@ -20,9 +20,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from django.conf import settings
-from redis.exceptions import RedisError
 
 from project import metrics
+from project.redis_config import ERRORS as REDIS_ERRORS
 from realtime import redis_clients
 from realtime.tasks import spawn
 
@@ -99,7 +99,12 @@ class LocalTransport(Transport):
 
 
 class RedisTransport(Transport):
-    """One Redis pub/sub connection and reader task per process."""
+    """One Redis pub/sub connection and reader task per process.
+
+    realtime/sharded_feed.py makes it sharded for a Redis Cluster by overriding the
+    connection (`_connect`, `_disconnect`, `_consume`), the (un)subscribe commands and the
+    publish command; the rest (confirmations, reconnects, rebroadcasts) is shared.
+    """
 
     def __init__(self, sink: Sink, url: str):
         super().__init__(sink)
@@ -139,7 +144,7 @@ class RedisTransport(Transport):
             if waiter is None:
                 waiter = self.confirmed[channel] = asyncio.get_running_loop().create_future()
                 try:
-                    await self.pubsub.subscribe(channel)
+                    await self._subscribe_command(channel)
                 except BaseException:
                     # Not subscribed: the next join must ask Redis again, not wait on this.
                     del self.confirmed[channel]
@@ -148,6 +153,12 @@ class RedisTransport(Transport):
         # later PUBLISH to the channel reaches the reader. During a reconnect this waits
         # for the new connection's confirmation, up to FEED_JOIN_TIMEOUT_SECONDS.
         await asyncio.wait_for(asyncio.shield(waiter), timeout=settings.FEED_JOIN_TIMEOUT_SECONDS)
+
+    async def _subscribe_command(self, channel: str) -> None:
+        await self.pubsub.subscribe(channel)
+
+    async def _unsubscribe_command(self, channel: str) -> None:
+        await self.pubsub.unsubscribe(channel)
 
     def unsubscribe(self, channel: str) -> None:
         spawn(self._unsubscribe(channel), name="redis fan-out unsubscribe")
@@ -163,21 +174,25 @@ class RedisTransport(Transport):
             if self.pubsub is None:
                 return
             try:
-                await self.pubsub.unsubscribe(channel)
-            except (RedisError, OSError):
+                await self._unsubscribe_command(channel)
+            except (*REDIS_ERRORS, OSError):
                 # The feed is lost; the reconnect subscribes only to what is still wanted.
                 logger.info("redis fan-out unsubscribe failed; the reconnect drops it")
 
+    async def _consume(self) -> None:
+        """Read the feed until it fails (it never ends otherwise)."""
+        while True:
+            # Short waits rather than one endless read, so health checks run.
+            item = await self.pubsub.get_message(timeout=1.0)
+            if item is not None:
+                self.backoff = 0.1
+                self._handle(item)
+
     async def _read(self) -> None:
-        backoff = 0.1
+        self.backoff = 0.1
         while True:
             try:
-                while True:
-                    # Short waits rather than one endless read, so health checks run.
-                    item = await self.pubsub.get_message(timeout=1.0)
-                    if item is not None:
-                        backoff = 0.1
-                        self._handle(item)
+                await self._consume()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -185,8 +200,8 @@ class RedisTransport(Transport):
                 metrics.DEPENDENCY_UP.labels("redis").set(0)
             # Reconnect and resubscribe everything, then let every socket fill what it missed.
             while True:
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, settings.FEED_RECONNECT_MAX_SECONDS)
+                await asyncio.sleep(self.backoff)
+                self.backoff = min(self.backoff * 2, settings.FEED_RECONNECT_MAX_SECONDS)
                 try:
                     await self._reconnect()
                     metrics.FEED_RECONNECTS.inc()
@@ -198,13 +213,16 @@ class RedisTransport(Transport):
 
     async def _reconnect(self) -> None:
         async with self.lock:
-            with contextlib.suppress(Exception):
-                await self.pubsub.aclose()
+            await self._disconnect()
             # Every channel needs a fresh confirmation on the new connection.
             for channel, waiter in list(self.confirmed.items()):
                 if waiter.done():
                     del self.confirmed[channel]
             await self._connect()
+
+    async def _disconnect(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.pubsub.aclose()
 
     def _handle(self, item: dict[str, Any]) -> None:
         kind = item["type"]
@@ -230,7 +248,7 @@ class RedisTransport(Transport):
             return
         try:
             self.send(items)
-        except RedisError:
+        except REDIS_ERRORS:
             if not self._retry_later(items, durable):
                 raise
 
@@ -247,9 +265,9 @@ class RedisTransport(Transport):
                     )
             async with client.pipeline(transaction=False) as pipe:
                 for channel, data in items:
-                    pipe.publish(channel, data)
+                    self._queue(pipe, channel, data)
                 await pipe.execute()
-        except RedisError:
+        except REDIS_ERRORS:
             if not self._retry_later(items, durable):
                 raise
 
@@ -269,8 +287,7 @@ class RedisTransport(Transport):
                 await self.reader
             self.reader = None
         if self.pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self.pubsub.aclose()
+            await self._disconnect()
             self.pubsub = None
         self.confirmed.clear()
         with self._publisher_lock:
@@ -286,12 +303,16 @@ class RedisTransport(Transport):
             if self._publisher is None:
                 self._publisher = redis_clients.publisher(self.url)
         if len(items) == 1:
-            self._publisher.publish(*items[0])
+            self._queue(self._publisher, *items[0])
             return
         with self._publisher.pipeline(transaction=False) as pipe:
             for channel, data in items:
-                pipe.publish(channel, data)
+                self._queue(pipe, channel, data)
             pipe.execute()
+
+    def _queue(self, client: Any, channel: str, data: bytes) -> Any:
+        """PUBLISH on a client (sent now) or a pipeline (sent with the batch)."""
+        return client.publish(channel, data)
 
 
 class Rebroadcast:
@@ -339,7 +360,7 @@ class Rebroadcast:
             if items:
                 try:
                     self._send(items)
-                except RedisError:
+                except REDIS_ERRORS:
                     continue
                 logger.info("%d broadcasts went out once Redis answered again", len(items))
             with self._lock:

@@ -47,9 +47,10 @@ from channels.layers import BaseChannelLayer
 from channels_redis.serializers import registry
 from django.conf import settings
 
-from project import metrics
+from project import metrics, redis_config
 from realtime.channel_queues import ChannelQueues
 from realtime.feeds import LocalTransport, RedisTransport, Transport
+from realtime.sharded_feed import ShardedTransport
 from realtime.wire import Writer, text_frame
 
 # The Redis pub/sub channel of a group's messages (channels': realtime/channel_queues.py).
@@ -239,7 +240,13 @@ class ChatChannelLayer(BaseChannelLayer):  # type: ignore[misc]  # channels is u
         self.fanout = Fanout()
         self.listeners: dict[str, dict[GroupListener, None]] = {}
         self.channels = ChannelQueues(self)
-        self.transport: Transport = RedisTransport(self, url) if url else LocalTransport(self)
+        self.transport: Transport = (
+            LocalTransport(self)
+            if not url
+            else ShardedTransport(self, url)
+            if redis_config.cluster_of(url)
+            else RedisTransport(self, url)
+        )
 
     def serialize(self, message: Message) -> bytes:
         data: bytes = self.serializer.serialize(message)

@@ -38,9 +38,15 @@ async def layer(request: pytest.FixtureRequest, redis_proc: Any) -> AsyncIterato
     await made.flush()
 
 
-@pytest.fixture
-async def two_processes(redis_url: str) -> AsyncIterator[tuple[ChatChannelLayer, ChatChannelLayer]]:
-    a, b = ChatChannelLayer(url=redis_url), ChatChannelLayer(url=redis_url)
+@pytest.fixture(params=["redis", "redis cluster"])
+async def two_processes(
+    request: pytest.FixtureRequest, redis_url: str
+) -> AsyncIterator[tuple[ChatChannelLayer, ChatChannelLayer]]:
+    """Two processes over one Redis, or over a Redis Cluster (sharded pub/sub)."""
+    url = redis_url
+    if request.param == "redis cluster":
+        url = request.getfixturevalue("redis_cluster_url")
+    a, b = ChatChannelLayer(url=url), ChatChannelLayer(url=url)
     yield a, b
     await a.flush()
     await b.flush()
