@@ -158,7 +158,9 @@ DATABASE_REPLICA_RETRY_SECONDS = env.float("DATABASE_REPLICA_RETRY_SECONDS", def
 # With REDIS_URL the channel layer (realtime/layer.py) runs over Redis pub/sub and processes
 # share it; without, it stays inside one process. Or REDIS_SENTINELS + REDIS_SENTINEL_MASTER:
 # then REDIS_URL is a redis+sentinel:// URL that realtime/redis_clients.py follows through
-# Sentinel (project/redis_config.py; any other mix of Redis settings stops the start-up).
+# Sentinel. Or REDIS_CLUSTER_NODES=host:port,...: a redis+cluster:// URL, and the fan-out uses
+# sharded pub/sub (realtime/sharded_feed.py); Celery then needs CELERY_BROKER_URL and the
+# cache CACHE_URL of their own. project/redis_config.py; any other mix stops the start-up.
 REDIS_URL = redis_config.redis_url(secret)
 CHANNEL_LAYERS = {
     "default": {
@@ -173,7 +175,8 @@ CHANNEL_LAYERS = {
 }
 
 # The cache for hot reads (web/cache.py: room lists, rooms, membership; docs/data.md), from
-# CACHE_URL: redis://host:6379/1 (Django's RedisCache) or memcache://host:11211 (PyMemcacheCache).
+# CACHE_URL: redis://host:6379/1 (Django's RedisCache), redis+cluster://host:7000,host:7001 (a
+# Redis Cluster: web/cluster_cache.py) or memcache://host:11211 (PyMemcacheCache).
 # Without it: this process's memory, when the app is one process (no REDIS_URL); with several
 # processes (REDIS_URL set) nothing, since a process's memory never hears of another's changes.
 CACHE_URL = secret("CACHE_URL")
@@ -203,8 +206,20 @@ def cache_settings(
             "OPTIONS": {"MAX_ENTRIES": 100_000},
         }
     scheme = urlsplit(url).scheme
+    if scheme == redis_config.CLUSTER_SCHEME:
+        # A Redis Cluster (web/cluster_cache.py): the seed nodes as REDIS_CLUSTER_NODES has them.
+        redis_config.parse_nodes(urlsplit(url).netloc, "CACHE_URL")
+        return {
+            "BACKEND": "web.cluster_cache.RedisClusterCache",
+            "LOCATION": url,
+            "OPTIONS": {"socket_connect_timeout": timeout, "socket_timeout": timeout},
+            "TIMEOUT": CACHE_TTL_SECONDS,
+            "KEY_PREFIX": "chat",
+        }
     if scheme not in _CACHE_BACKENDS:
-        raise ImproperlyConfigured(f"CACHE_URL: redis://, rediss:// or memcache://, not {scheme}")
+        raise ImproperlyConfigured(
+            f"CACHE_URL: redis://, rediss://, redis+cluster:// or memcache://, not {scheme}"
+        )
     config = environ.Env.cache_url_config(url, backend=_CACHE_BACKENDS[scheme])
     config.setdefault("OPTIONS", {}).update(
         {"socket_connect_timeout": timeout, "socket_timeout": timeout}

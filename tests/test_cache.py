@@ -40,11 +40,13 @@ def memcached_server() -> Iterator[str]:
     server.stop()
 
 
-@pytest.fixture(params=["locmem", "redis", "memcached"])
+@pytest.fixture(params=["locmem", "redis", "redis cluster", "memcached"])
 def backend(request: pytest.FixtureRequest, settings: Any) -> str:
     if request.param == "redis":
         server = request.getfixturevalue("redis_proc")
         use_cache(settings, f"redis://{server.host}:{server.port}/3")
+    elif request.param == "redis cluster":
+        use_cache(settings, request.getfixturevalue("redis_cluster_url"))
     elif request.param == "memcached":
         use_cache(settings, request.getfixturevalue("memcached_server"))
     else:
@@ -273,8 +275,9 @@ def test_an_entry_that_does_not_decode_is_a_miss(backend: str, den: Room, bob: A
 
 
 def test_cache_url_picks_the_backend_and_sessions_follow(tmp_path: Path) -> None:
-    redis_cache, memcache, alone, several, bad = settings_under(
+    redis_cache, cluster, memcache, alone, several, bad = settings_under(
         {"CACHE_URL": "redis://cache.example:6379/1"},
+        {"CACHE_URL": "redis+cluster://c1.example:7000,c2.example:7000?password=x"},
         {"CACHE_URL": "memcache://cache.example:11211"},
         {},
         {"REDIS_URL": "redis://layer.example:6379/0"},
@@ -286,6 +289,8 @@ def test_cache_url_picks_the_backend_and_sessions_follow(tmp_path: Path) -> None
     assert (
         redis_cache["SESSION_ENGINE"] == "web.sessions"
     )  # Django's cached_db, web/cache.py's client
+    assert cluster["CACHES"]["default"]["BACKEND"] == "web.cluster_cache.RedisClusterCache"
+    assert cluster["SESSION_ENGINE"] == "web.sessions"
     assert memcache["CACHES"]["default"]["BACKEND"].endswith("memcached.PyMemcacheCache")
     assert memcache["CACHES"]["default"]["LOCATION"] == "cache.example:11211"
     assert memcache["SESSION_ENGINE"] == "web.sessions"
