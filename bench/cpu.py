@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,25 +91,29 @@ def measure_window(
     skip_s: float,
     window_s: float,
     poll_s: float = 0.02,
+    opened: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """CPU seconds per group over a generator's measured window, and the window's length.
 
     The window opens `skip_s` after the generator touches `ready` (its connections are up)
-    and lasts `window_s`; {} when the generator ends before the window closes.
+    and lasts `window_s`; {} when the generator ends before the window closes. `opened` is
+    called as it opens (to read other counters, or start a profiler).
     """
     while not ready.exists():
         if proc.poll() is not None:
             return {}
         time.sleep(poll_s)
     time.sleep(skip_s)
+    if opened is not None:
+        opened()
     meter.start()
-    opened = time.monotonic()
-    while (left := opened + window_s - time.monotonic()) > 0:
+    began = time.monotonic()
+    while (left := began + window_s - time.monotonic()) > 0:
         if proc.poll() is not None:
             return {}
         time.sleep(min(left, 0.1))
     used = meter.read()
-    used["window_s"] = time.monotonic() - opened
+    used["window_s"] = time.monotonic() - began
     return used
 
 
