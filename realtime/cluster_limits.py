@@ -247,6 +247,20 @@ class ClusterLimits:
         item = window(rate, burst)
         return await self._run(lambda: self.limiter.hit(item, kind, str(user_id)))
 
+    async def take(
+        self, kind: str, user_id: object, rate: float, burst: float, want: int
+    ) -> int | None:
+        """Take `want` from the user's shared budget if they are there, else one: how many
+        were taken (0 when none was left), None when Redis did not answer."""
+        item, key = window(rate, burst), str(user_id)
+
+        async def call() -> int:
+            if want > 1 and await self.limiter.hit(item, kind, key, cost=want):
+                return want
+            return 1 if await self.limiter.hit(item, kind, key) else 0
+
+        return await self._run(call)
+
     # Talking to Redis.
 
     async def _run(self, call: Callable[[], Awaitable[T]]) -> T | None:

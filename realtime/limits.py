@@ -64,6 +64,14 @@ class Counters:
 
 
 @dataclass(slots=True)
+class Lease:
+    """Part of a user's shared budget taken from Redis at once, spent here without asking."""
+
+    tokens: int
+    until: float  # monotonic time: spent by then, or forgotten with Redis' window
+
+
+@dataclass(slots=True)
 class UserState:
     """A user's connections in this process, and the per-user budgets."""
 
@@ -71,6 +79,7 @@ class UserState:
     connections: int = 0
     # This process's own budgets: used without REDIS_URL, and while Redis does not answer.
     own: Counters = field(default_factory=Counters)
+    leases: dict[str, Lease] = field(default_factory=dict)
 
     async def allow_publish(self) -> bool:
         return await self._allow("publish", settings.USER_PUBLISH_RATE, settings.USER_PUBLISH_BURST)
@@ -79,11 +88,28 @@ class UserState:
         return await self._allow("typing", settings.TYPING_RATE * 2, settings.TYPING_BURST * 2)
 
     async def _allow(self, kind: str, rate: float, burst: float) -> bool:
+        """The user's shared budget, spent from a lease when one is held: one Redis round
+        trip per USER_BUDGET_LEASE of the burst, not per publish.
+
+        Leases never let the cluster exceed the burst within one window: what a lease takes
+        is counted in Redis at once. Across windows, tokens leased in one and spent in the
+        next add at most one lease per process to the budget of a window (leases expire with
+        the window they were taken in).
+        """
         shared = get_cluster_limits()
         if shared is not None:
-            allowed = await shared.hit(kind, self.user_id, rate, burst)
-            if allowed is not None:
-                return allowed
+            now = time.monotonic()
+            lease = self.leases.get(kind)
+            if lease is not None and lease.tokens > 0 and now < lease.until:
+                lease.tokens -= 1
+                return True
+            want = max(1, int(burst * settings.USER_BUDGET_LEASE))
+            taken = await shared.take(kind, self.user_id, rate, burst, want)
+            if taken is not None:
+                if taken > 1:
+                    expiry = window(rate, burst).get_expiry()
+                    self.leases[kind] = Lease(taken - 1, now + expiry)
+                return taken > 0
         return await self.own.hit(kind, rate, burst)
 
 

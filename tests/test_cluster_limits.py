@@ -167,3 +167,30 @@ async def test_without_redis_the_per_user_limits_are_the_processs_own(unreachabl
     assert shared is not None
     await settled(shared)
     await shared.aclose()
+
+
+@override_settings(USER_PUBLISH_RATE=0.01, USER_PUBLISH_BURST=100.0, USER_BUDGET_LEASE=0.1)
+async def test_publishes_spend_a_lease_and_redis_counts_whole_leases(redis_url: str) -> None:
+    """25 publishes take three leases of 10: Redis counts 30 taken, in three round trips."""
+    user = a_user()
+    state = limits.UserState(user)
+    assert [await state.allow_publish() for _ in range(25)] == [True] * 25
+    shared = cluster_limits.get_cluster_limits()
+    assert shared is not None
+    item = window(0.01, 100.0)
+    stats = await shared.limiter.get_window_stats(item, "publish", user)
+    assert stats.remaining == 70
+    await shared.aclose()
+
+
+@override_settings(USER_PUBLISH_RATE=0.01, USER_PUBLISH_BURST=20.0, USER_BUDGET_LEASE=0.3)
+async def test_leases_on_several_processes_never_pass_the_burst(redis_url: str) -> None:
+    """Three processes' states of one user, publishing in turn: 20 in all, whoever leased."""
+    user = a_user()
+    processes = [limits.UserState(user) for _ in range(3)]
+    answers = [await processes[n % 3].allow_publish() for n in range(45)]
+    assert answers.count(True) == 20
+    assert not any(answers[-6:])  # at the end nobody has anything left
+    shared = cluster_limits.get_cluster_limits()
+    assert shared is not None
+    await shared.aclose()
