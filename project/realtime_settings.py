@@ -47,6 +47,9 @@ AUTH_RECHECK_SECONDS = env.float("AUTH_RECHECK_SECONDS", default=30.0)
 # is; at most REBROADCAST_MAX wait (older ones are then left to the database catch-up).
 REBROADCAST_SECONDS = env.float("REBROADCAST_SECONDS", default=0.5)
 REBROADCAST_MAX = env.int("REBROADCAST_MAX", default=10_000)
+# Frames to a socket wait up to this long to go out in one write with the next ones (fewer
+# system calls under load, that much more latency). 0: the end of the event loop's turn.
+FANOUT_WRITE_DELAY_SECONDS = env.float("FANOUT_WRITE_DELAY_SECONDS", default=0.0)
 
 # Redis clients (realtime/redis_clients.py): how long each kind of call may wait.
 REDIS_CONNECT_TIMEOUT_SECONDS = env.float("REDIS_CONNECT_TIMEOUT_SECONDS", default=5.0)

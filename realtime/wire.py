@@ -23,6 +23,9 @@ from websockets.protocol import State
 # hot path, once per message and socket.
 SLOW_BUFFER_BYTES: int = settings.SLOW_CLIENT_BUFFER_BYTES
 SLOW_PENDING_SENDS: int = settings.SLOW_CLIENT_PENDING_SENDS
+# How long frames may wait to share one write with later ones (FANOUT_WRITE_DELAY_SECONDS).
+# 0: to the end of the event loop's turn, which adds no delay.
+WRITE_DELAY: float = settings.FANOUT_WRITE_DELAY_SECONDS
 
 
 def text_frame(text: str) -> bytes:
@@ -48,7 +51,9 @@ class DirectWriter:
     Frames written in one turn of the event loop (several messages read from the feed
     at once, a batch of publishes) go to each socket as one write: one system call per
     socket per turn, not per message. The writes happen when the turn's other
-    callbacks have run (loop.call_soon), so nothing waits on a timer.
+    callbacks have run (loop.call_soon), so nothing waits on a timer, unless
+    FANOUT_WRITE_DELAY_SECONDS asks frames to wait that long for company (Centrifugo's
+    write delay): under load, messages of several turns then share a write.
     """
 
     __slots__ = ("pending", "pending_bytes", "proto")
@@ -101,7 +106,10 @@ _corked: list[DirectWriter] = []
 
 def _cork(writer: DirectWriter) -> None:
     if not _corked:
-        asyncio.get_running_loop().call_soon(_uncork)
+        if WRITE_DELAY > 0:
+            asyncio.get_running_loop().call_later(WRITE_DELAY, _uncork)
+        else:
+            asyncio.get_running_loop().call_soon(_uncork)
     _corked.append(writer)
 
 

@@ -15,6 +15,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
+from realtime import wire
 from realtime.wire import DirectWriter, text_frame
 
 
@@ -79,6 +80,22 @@ async def test_frames_of_one_turn_go_out_in_one_write_in_order(
     assert len(conn.writes) == 1
     frames = await read_frames(peer, 5)
     assert [text(f) for f in frames] == [f"m{i}" for i in range(5)]
+
+
+async def test_a_write_delay_lets_frames_of_later_turns_share_the_write(
+    pair: tuple[Conn, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(wire, "WRITE_DELAY", 0.05)
+    conn, peer = pair
+    writer = DirectWriter(conn)
+    for i in range(3):
+        assert writer.write(text_frame(f"m{i}"), f"m{i}")
+        await asyncio.sleep(0.005)  # each frame in a turn of its own
+    assert conn.writes == []  # still waiting for company
+    await asyncio.sleep(0.08)
+    assert len(conn.writes) == 1
+    frames = await read_frames(peer, 3)
+    assert [text(f) for f in frames] == ["m0", "m1", "m2"]
 
 
 async def test_flush_sends_queued_frames_before_the_next_send(
