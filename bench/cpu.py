@@ -33,6 +33,14 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / TICKS
 
 
+def machine_seconds() -> float:
+    """CPU seconds all cores spent busy so far (/proc/stat: everything but idle and iowait)."""
+    with open("/proc/stat") as stat:
+        fields = [int(n) for n in stat.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / TICKS
+
+
 def children(pid: int) -> list[int]:
     """The pids whose parent is `pid` (one level)."""
     try:
@@ -107,12 +115,15 @@ def measure_window(
     if opened is not None:
         opened()
     meter.start()
-    began = time.monotonic()
+    began, machine = time.monotonic(), machine_seconds()
     while (left := began + window_s - time.monotonic()) > 0:
         if proc.poll() is not None:
             return {}
         time.sleep(min(left, 0.1))
     used = meter.read()
+    # The whole machine's busy seconds too: what the groups do not explain is other work
+    # sharing the cores (another benchmark, say), which makes the step's numbers suspect.
+    used["machine"] = machine_seconds() - machine
     used["window_s"] = time.monotonic() - began
     return used
 
@@ -124,3 +135,11 @@ def us_per_delivery(
     if not cpu or deliveries_per_s <= 0 or cpu.get("window_s", 0) <= 0:
         return None
     return sum(cpu[g] for g in groups) / cpu["window_s"] / deliveries_per_s * 1e6
+
+
+def others_cores(cpu: Mapping[str, float]) -> float | None:
+    """Cores busy, on average over the window, with work outside the measured groups."""
+    if "machine" not in cpu or cpu.get("window_s", 0) <= 0:
+        return None
+    ours = sum(v for k, v in cpu.items() if k not in ("machine", "window_s"))
+    return max(cpu["machine"] - ours, 0.0) / cpu["window_s"]

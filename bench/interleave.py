@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from bench.cpu import others_cores
 from bench.scenarios import Bench, Outcome, Run, ends_stepping, stepped
 from bench.services import Server
 
@@ -72,6 +73,7 @@ def side(target: str, run: Run) -> dict[str, Any]:
         "postgres_us": run.cpu_us("postgres"),
         "redis_us": run.cpu_us("redis"),
         "total_us": run.cpu_us("server", *STORES.get(target, ())),
+        "others_cores": others_cores(run.report.get("cpu") or {}),
     }
 
 

@@ -186,7 +186,7 @@ class Bench:
         ready = self.results / f"{name}.ready"
         ready.unlink(missing_ok=True)
         proc = self.loadtest(name, servers[0].url, load, rate, servers[-1].url, ready)
-        meter = self.services.cpu_meter(servers)
+        meter = self.services.cpu_meter(servers, proc.pid)
         # The generator publishes START_DELAY_S after it touches `ready`, then warms up.
         cpu = measure_window(meter, ready, proc, START_DELAY_S + load.warmup, load.duration)
         return self.finish(name, proc, rate, cpu)

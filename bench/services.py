@@ -242,13 +242,14 @@ class Services:
         assert self.redis is not None  # noqa: S101 -- started first
         return self.redis.pid
 
-    def cpu_meter(self, servers: list[Server]) -> CpuMeter:
-        """The servers' processes, PostgreSQL's and Redis', as bench/cpu.py counts them."""
+    def cpu_meter(self, servers: list[Server], generator: int | None = None) -> CpuMeter:
+        """The servers' processes, PostgreSQL's, Redis' and the generator's, for bench/cpu.py."""
         return CpuMeter(
             {
                 "server": [server.pid for server in servers],
                 "postgres": [self.pg_pid],
                 "redis": [self.redis_pid],
+                "generator": [generator] if generator else [],
             }
         )
 

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
+from bench.cpu import others_cores
 from bench.interleave import table, versus_socketio
 from bench.scenarios import P99_LIMIT_MS, TARGETS, Outcome, Plan, Run
 from bench.services import PG_CTL, ROOT, SOCKETIO
@@ -145,6 +146,10 @@ def _ms(value: float | None) -> str:
 _us = _ms  # microseconds per delivery, to the same tenth
 
 
+def _cores(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def render(
     plan: Plan,
     command: str,
@@ -194,7 +199,10 @@ def render(
         "CPU per delivery is user + system time of a process tree, read from /proc"
         " (bench/cpu.py) over each step's measured window (after warmup), divided by the"
         " deliveries counted in it: the server's own, and separately PostgreSQL's (postmaster"
-        " and backends) and Redis', whichever target drives them.",
+        " and backends) and Redis', whichever target drives them. *Others' cores* is the"
+        " machine's busy time (/proc/stat) that neither these nor the generator explain,"
+        " averaged over the window: other work sharing the two cores, which makes a step's"
+        " figures suspect when it is more than a few hundredths.",
         "",
         "Connections open at 500/s with at most 100 handshakes in flight"
         " (`--connect-rate 500 --max-pending 100`), so a slow handshake slows the opening"
@@ -259,9 +267,9 @@ def _details(key: str, title: str, by_target: dict[str, Outcome]) -> list[str]:
         out += [
             "",
             "| run | msg/s | deliveries/s | p50 ms | p99 ms | max ms | lost | dup | ooo"
-            " | conns ok/failed/dropped | server us | PG us | Redis us | result |",
+            " | conns ok/failed/dropped | server us | PG us | Redis us | others' cores | result |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-            "| ---: | --- |",
+            "| ---: | ---: | --- |",
         ]
         for run in runs:
             r = run.report
@@ -277,7 +285,8 @@ def _details(key: str, title: str, by_target: dict[str, Outcome]) -> list[str]:
                 f"| {_ms(lat['p50'])} | {_ms(lat['p99'])} | {_ms(lat['max'])} "
                 f"| {cor['lost']}{_at_end(cor)} | {cor['duplicated']} | {cor['out_of_order']} "
                 f"| {con['ok']}/{con['failed']}/{con['dropped']} | {_us(run.cpu_us('server'))} "
-                f"| {_us(run.cpu_us('postgres'))} | {_us(run.cpu_us('redis'))} | {verdict} |"
+                f"| {_us(run.cpu_us('postgres'))} | {_us(run.cpu_us('redis'))} "
+                f"| {_cores(others_cores(r.get('cpu') or {}))} | {verdict} |"
             )
     out.append("")
     return out

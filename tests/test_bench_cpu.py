@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.cpu import CpuMeter, cpu_seconds, measure_window, us_per_delivery
+from bench.cpu import CpuMeter, cpu_seconds, measure_window, others_cores, us_per_delivery
 from bench.services import Services
 
 SPIN = "import time\nend = time.monotonic() + 3\nwhile time.monotonic() < end: pass"
@@ -39,6 +39,11 @@ def test_it_counts_a_busy_child_of_the_tree_and_not_an_idle_one(tmp_path: Path) 
         idle.wait()
     assert 0.7 < used["busy"] <= used["window_s"] + 0.05  # the spinning grandchild, one core
     assert used["idle"] < 0.05
+    # The machine was at least as busy as the spinner; what else ran is "others".
+    assert used["machine"] >= used["busy"] - 0.05
+    others = others_cores(used)
+    assert others is not None
+    assert others >= 0.0
     assert cpu_seconds(parent.pid) == 0.0  # gone: nothing to read
 
 
@@ -60,7 +65,7 @@ def test_the_benchs_postgres_commits_durably(tmp_path: Path) -> None:
         assert settings["fsync"] == "on"
         assert settings["synchronous_commit"] == "on"
         used = services.cpu_meter([]).read()  # the postmaster and Redis are found
-        assert set(used) == {"server", "postgres", "redis"}
+        assert set(used) == {"server", "postgres", "redis", "generator"}
         assert cpu_seconds(services.pg_pid) > 0
     finally:
         services.stop()

@@ -1,0 +1,208 @@
+"""What one scenario-1 step costs a target, per message and per delivery (docs/performance.md).
+
+    python -m bench.costs --rate 500 [--target product] [--duration 20] [--py-spy .venv/bin/py-spy]
+
+Starts its own Redis and PostgreSQL (durable, as bench/services.py runs them) and one
+server, drives it with chat-loadtest as scenario 1 does (200 subscribers, 10 publishers,
+one room), and over the measured window reads: the CPU of the server, PostgreSQL and
+Redis (bench/cpu.py); PostgreSQL's commits, WAL records, WAL writes and fsyncs
+(pg_stat_database, pg_stat_wal); Redis' commands by name (INFO commandstats). With
+--py-spy it samples the server over the same window and lists the frames with the most
+self time, as shares of the samples and as microseconds per delivery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from bench.cpu import measure_window, others_cores
+from bench.services import BIN, ROOT, Services
+from loadtest.coordinator import START_DELAY_S
+
+PG_COUNTERS = """
+    SELECT d.xact_commit, d.tup_inserted, d.tup_updated, w.wal_records, w.wal_fpi,
+           w.wal_bytes, w.wal_write, w.wal_sync
+    FROM pg_stat_database d, pg_stat_wal w WHERE d.datname = 'chat'
+"""
+PG_NAMES = (
+    "commits",
+    "rows_inserted",
+    "rows_updated",
+    "wal_records",
+    "wal_full_pages",
+    "wal_bytes",
+    "wal_writes",
+    "wal_fsyncs",
+)
+
+
+def pg_counters(port: int) -> dict[str, float]:
+    with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="chat") as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = conn.execute(PG_COUNTERS).fetchone()
+    assert row is not None  # noqa: S101 -- the database exists
+    return {name: float(value) for name, value in zip(PG_NAMES, row, strict=True)}
+
+
+def redis_commands(port: int) -> Counter[str]:
+    """Calls so far per command (INFO commandstats), INFO itself left out."""
+    out = subprocess.run(
+        ["redis-cli", "-p", str(port), "INFO", "commandstats"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    ).stdout
+    calls: Counter[str] = Counter()
+    for line in out.splitlines():
+        if line.startswith("cmdstat_") and not line.startswith("cmdstat_info:"):
+            name, stats = line[len("cmdstat_") :].split(":", 1)
+            calls[name] = int(stats.split(",")[0].split("=")[1])
+    return calls
+
+
+def self_time(raw: Path) -> tuple[Counter[str], Counter[str]]:
+    """py-spy's raw output (`frame;frame;... count` per stack): samples per leaf frame (where
+    the time is spent, not passed through), and per the file or library it is in."""
+    leaves: Counter[str] = Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            leaves[stack.rsplit(";", 1)[-1]] += int(count)
+    files: Counter[str] = Counter()
+    for frame, n in leaves.items():
+        where = frame.rpartition(" (")[2].rstrip(")").rsplit(":", 1)[0]
+        files[where.split("site-packages/")[-1]] += n
+    return leaves, files
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rate", type=float, required=True, help="messages/s, all publishers")
+    parser.add_argument(
+        "--target", default="product", choices=("product", "socketio", "floor", "ceiling")
+    )
+    parser.add_argument("--duration", type=float, default=20.0, help="the measured seconds")
+    parser.add_argument("--py-spy", help="a py-spy executable: sample the server")
+    parser.add_argument("--top", type=int, default=25, help="frames to list")
+    args = parser.parse_args()
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    results = ROOT / "bench" / "results" / f"costs-{args.target}-{stamp}"
+    results.mkdir(parents=True)
+    services = Services(Path(tempfile.mkdtemp(prefix="chat-costs-")), results)
+    try:
+        services.start()
+        pg = services.pg_settings()
+        services.manage("migrate", "--noinput")
+        tokens = services.tmp / "tokens.json"
+        services.manage("provision_load", "--users", "400", "--rooms", "1", "--out", str(tokens))
+        (server,) = services.start_servers(args.target, 1)
+        ready, report = results / "ready", results / "report.json"
+        warmup = 3.0
+        load = subprocess.Popen(
+            [
+                str(BIN / "chat-loadtest"),
+                *("--url", server.url, "--tokens", str(tokens), "--rooms", "1"),
+                *("--connections", "200", "--publishers", "10", "--rate", str(args.rate)),
+                *("--duration", str(args.duration), "--warmup", str(warmup), "--procs", "2"),
+                *("--connect-rate", "500", "--max-pending", "100"),
+                *("--json", str(report), "--ready-file", str(ready), "--quiet"),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        meter = services.cpu_meter([server], load.pid)
+        before: dict[str, Any] = {}
+        spy: subprocess.Popen[bytes] | None = None
+        raw = results / f"py-spy-{args.target}-{args.rate:g}.txt"
+
+        def opened() -> None:
+            """At the start of the window: counters read, py-spy started."""
+            nonlocal spy
+            before["pg"], before["redis"] = (
+                pg_counters(services.pg_port),
+                redis_commands(services.redis_port),
+            )
+            if args.py_spy:
+                spy = subprocess.Popen(
+                    [
+                        *(args.py_spy, "record", "-p", str(server.pid), "-r", "100"),
+                        *(
+                            "-d",
+                            str(int(args.duration)),
+                            "--nonblocking",
+                        ),  # --native would pause it
+                        *("--format", "raw", "-o", str(raw)),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+
+        cpu = measure_window(
+            meter, ready, load, START_DELAY_S + warmup, args.duration, opened=opened
+        )
+        pg_after, redis_after = pg_counters(services.pg_port), redis_commands(services.redis_port)
+        load.wait(timeout=args.duration + 120)
+        if spy is not None:
+            spy.wait(timeout=60)
+        data = json.loads(report.read_text())
+    finally:
+        services.stop()
+    delivery = data["delivery"]
+    seconds = cpu.get("window_s", args.duration)
+    messages = delivery["deliveries_per_s"] * seconds / 200  # each message reaches 200
+    deliveries = delivery["deliveries_per_s"] * seconds
+    result: dict[str, Any] = {
+        "target": args.target,
+        "rate": args.rate,
+        "postgres_settings": pg,
+        "deliveries_per_s": delivery["deliveries_per_s"],
+        "latency_ms": delivery["latency_ms"],
+        "ok": data["ok"],
+        "problems": data["problems"],
+        "others_cores": others_cores(cpu),
+        "cpu_us_per_delivery": {
+            k: v / deliveries * 1e6
+            for k, v in cpu.items()
+            if k not in ("window_s", "machine") and deliveries
+        },
+        "postgres_per_message": {
+            k: (pg_after[k] - before["pg"][k]) / messages for k in PG_NAMES if messages
+        },
+        "redis_calls_per_message": {
+            k: round((n - before["redis"].get(k, 0)) / messages, 3)
+            for k, n in redis_after.items()
+            if messages and n > before["redis"].get(k, 0)
+        },
+    }
+    if spy is not None and raw.exists():
+        leaves, files = self_time(raw)
+        samples = sum(leaves.values())
+        us = result["cpu_us_per_delivery"].get("server", 0.0) / max(samples, 1)
+        result["py_spy"] = {
+            "samples": samples,
+            "by_file": [
+                {"file": f, "share": n / samples, "us_per_delivery": n * us}
+                for f, n in files.most_common(args.top)
+            ],
+            "by_frame": [
+                {"frame": f, "share": n / samples, "us_per_delivery": n * us}
+                for f, n in leaves.most_common(args.top)
+            ],
+        }
+    (results / "costs.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    print(f"costs: {results / 'costs.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
