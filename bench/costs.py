@@ -33,6 +33,12 @@ PG_COUNTERS = """
            w.wal_bytes, w.wal_write, w.wal_sync
     FROM pg_stat_database d, pg_stat_wal w WHERE d.datname = 'chat'
 """
+
+# Statements by text, all of them (pg_stat_statements, loaded for this run only).
+STATEMENTS = """
+    SELECT query, calls FROM pg_stat_statements
+    WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'chat')
+"""
 PG_NAMES = (
     "commits",
     "rows_inserted",
@@ -45,12 +51,16 @@ PG_NAMES = (
 )
 
 
-def pg_counters(port: int) -> dict[str, float]:
+def pg_counters(port: int) -> tuple[dict[str, float], Counter[str]]:
+    """Commits, rows and WAL so far, and calls so far per statement."""
     with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="chat") as conn:
         conn.execute("SELECT pg_stat_clear_snapshot()")
         row = conn.execute(PG_COUNTERS).fetchone()
+        calls = Counter(
+            {" ".join(str(q).split())[:120]: int(n) for q, n in conn.execute(STATEMENTS)}
+        )
     assert row is not None  # noqa: S101 -- the database exists
-    return {name: float(value) for name, value in zip(PG_NAMES, row, strict=True)}
+    return {name: float(value) for name, value in zip(PG_NAMES, row, strict=True)}, calls
 
 
 def redis_commands(port: int) -> Counter[str]:
@@ -99,9 +109,14 @@ def main() -> int:
     results = ROOT / "bench" / "results" / f"costs-{args.target}-{stamp}"
     results.mkdir(parents=True)
     services = Services(Path(tempfile.mkdtemp(prefix="chat-costs-")), results)
+    services.pg_options = "-c shared_preload_libraries=pg_stat_statements"
     try:
         services.start()
         pg = services.pg_settings()
+        with psycopg.connect(
+            host="127.0.0.1", port=services.pg_port, user="postgres", dbname="chat", autocommit=True
+        ) as conn:
+            conn.execute("CREATE EXTENSION pg_stat_statements")
         services.manage("migrate", "--noinput")
         tokens = services.tmp / "tokens.json"
         services.manage("provision_load", "--users", "400", "--rooms", "1", "--out", str(tokens))
@@ -175,7 +190,12 @@ def main() -> int:
             if k not in ("window_s", "machine") and deliveries
         },
         "postgres_per_message": {
-            k: (pg_after[k] - before["pg"][k]) / messages for k in PG_NAMES if messages
+            k: (pg_after[0][k] - before["pg"][0][k]) / messages for k in PG_NAMES if messages
+        },
+        "statements_per_message": {
+            q: round(n / messages, 3)
+            for q, n in (pg_after[1] - before["pg"][1]).most_common(12)
+            if messages and "pg_stat" not in q
         },
         "redis_calls_per_message": {
             k: round((n - before["redis"].get(k, 0)) / messages, 3)

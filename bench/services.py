@@ -169,6 +169,7 @@ class Services:
     servers: list[Server] = field(default_factory=list)
     bare_ws: str = "websockets-sansio"  # uvicorn's --ws for the "bare" target (bench/memory.py)
     snapshots: Path | None = None  # run uvicorn under tracemalloc (bench/allocations.py)
+    pg_options: str = ""  # more of PostgreSQL's -c options (bench/costs.py)
 
     def start(self) -> None:
         self.redis_port = free_port()
@@ -199,7 +200,7 @@ class Services:
             startparams="-w",
             dbname="chat",
             # Room for 10,000 connections' worth of pool churn, and durable commits.
-            postgres_options=f"-c max_connections=200 {DURABLE}",
+            postgres_options=f"-c max_connections=200 {DURABLE} {self.pg_options}",
         )
         self.postgres.start()
         # The port opens before PostgreSQL accepts sessions ("the database system is starting up").
