@@ -94,7 +94,8 @@ $(SOCKETIO)/node_modules/.installed: $(SOCKETIO)/package-lock.json
 	cd $(SOCKETIO) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-# The benchmark suite on this machine's loopback; writes docs/benchmarks.md (about 15 minutes),
+# The benchmark suite on this machine's loopback; writes docs/benchmarks.md (about 25 minutes,
+# at most 40: bench/run.py's --max-minutes; scenario 1 also runs Socket.IO, from npm),
 # then the presence scenario (bench/presence.py: a room of 1,000 members joining) adds its table.
 # QUICK=1 is a 3-minute smoke version of the same scenarios.
 bench: $(STAMP) services $(SOCKETIO)/node_modules/.installed

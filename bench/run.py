@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     parser.add_argument("--command", help="the command to show in the write-up")
-    parser.add_argument("--max-minutes", type=float, help="hard cap (default 30, quick 6)")
+    parser.add_argument("--max-minutes", type=float, help="hard cap (default 40, quick 8)")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     scenarios = [s for s in args.scenarios.split(",") if s in SCENARIOS]
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     raise_open_files_limit()
     signal.signal(signal.SIGALRM, _out_of_time)
-    signal.alarm(int((args.max_minutes or (6 if plan.quick else 30)) * 60))
+    signal.alarm(int((args.max_minutes or (8 if plan.quick else 40)) * 60))
     started = datetime.now(UTC)
     code = git_state()  # other work may commit while the benchmark runs
     t0 = time.monotonic()
