@@ -38,10 +38,10 @@ from realtime.protocol import (
     Typing,
     Unsubscribe,
 )
+from realtime.room_checks import check_room
 from realtime.tasks import spawn
 from realtime.user_events import UserEvents
 from realtime.wire import writer_for
-from web.access import aget_room_for_user
 from web.actions import Outgoing, do_read, do_typing
 from web.errors import ApiError, RateLimited
 
@@ -271,7 +271,7 @@ class ChatConsumer(UserEvents, AsyncWebsocketConsumer):  # type: ignore[misc]  #
         await self.send(protocol.dumps(ack))
 
     async def subscribe(self, command: Subscribe) -> None:
-        room = self._remember(await db(aget_room_for_user(self.user, command.room)))
+        room = self._remember(await db(check_room(self.user, command.room)))
         group = room_group(room.pk)
         self._drop(group)  # subscribing again restarts from the new `since`
         stream = self.subs[group] = RoomStream(self, room)
@@ -364,7 +364,7 @@ class ChatConsumer(UserEvents, AsyncWebsocketConsumer):  # type: ignore[misc]  #
         # Access is checked once per socket and room; losing it pushes room.revoked.
         room = self.rooms.get(slug)
         if room is None:
-            room = self._remember(await db(aget_room_for_user(self.user, slug)))
+            room = self._remember(await db(check_room(self.user, slug)))
         return room
 
     def _remember(self, room: Room) -> Room:

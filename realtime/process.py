@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from realtime.health import Health
     from realtime.presence import Presence
     from realtime.publisher import Publisher
+    from realtime.room_checks import RoomChecks
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +36,10 @@ class Process:
         from realtime.health import Health  # they use get_process() themselves
         from realtime.presence import Presence
         from realtime.publisher import Publisher
+        from realtime.room_checks import RoomChecks
 
         self.publisher: Publisher = Publisher()
+        self.room_checks: RoomChecks = RoomChecks()  # rooms' access checks, in batches
         # Who is online in which room: this process's sockets, heartbeats, batched diffs.
         self.presence: Presence = Presence()
         self.tasks: set[asyncio.Task[Any]] = set()  # see realtime/tasks.py

@@ -37,7 +37,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _read(function: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
+def read_in_thread(function: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
     """A sync read run from async code in one thread hop, handing its database connection
     back to the pool at the end: the caller then awaits the network holding none."""
 
@@ -85,47 +85,72 @@ def get_room_for_user(user: User, slug: str) -> Room:
     """The room if the user may read and write it; NotFound or Forbidden otherwise.
 
     Through the cache (room:<slug> and member:<user>:<slug>): no query when both are there.
+    web/room_checks.py checks many (user, room) pairs at once the same way.
     """
-    keys = [f"room:{slug}", f"member:{user.pk}:{slug}"]
-    versions = [cache.EPOCH, cache.ROOMS, cache.user_version(user.pk)]
-    # A slug no room can have is never a key: it is looked up (and not found) uncached.
-    found = cache.read("room", keys, versions) if SAFE_SLUG.match(slug) else None
-    room: Room | None = None
-    if found is not None:
-        cached = found.entry(keys[0], CachedRoom, found.tags(*versions[:2]))
-        member = found.entry(keys[1], bool, found.tags(*versions))
-        if cached is not None and member is not None:
-            metrics.CACHE_LOOKUPS.labels("room", "hit").inc()
-            room = Room.from_db(
-                "default",
-                ["id", "slug", "title", "private", "owner_id"],
-                [cached.id, cached.slug, cached.title, cached.private, cached.owner_id],
-            )  # last_seq and created_at deferred: read from the database if ever touched
-            room.is_member = is_member = member  # type: ignore[attr-defined]  # as annotated below
+    room, found = cached_room(user, slug)
     if room is None:
-        if found is not None:
-            metrics.CACHE_LOOKUPS.labels("room", "miss").inc()
         member_of = Membership.objects.filter(room=OuterRef("pk"), user_id=user.pk)
         queried = Room.objects.annotate(is_member=Exists(member_of)).filter(slug=slug).first()
         if queried is None:
             raise NotFound(f"no room {slug!r}")
-        if found is not None:
-            row = CachedRoom(
-                queried.pk, queried.slug, queried.title, queried.private, queried.owner_id
-            )
-            found.write(
-                {
-                    keys[0]: (found.tags(*versions[:2]), row),
-                    keys[1]: (found.tags(*versions), queried.is_member),
-                }
-            )
-        room, is_member = queried, queried.is_member
-    if room.private and not is_member:
-        raise Forbidden(f"you are not a member of {slug!r}")
+        remember_room(found, user, queried, queried.is_member)
+        room = queried
+    return checked(room)
+
+
+def _room_keys(user: User, slug: str) -> tuple[list[str], list[str]]:
+    return [f"room:{slug}", f"member:{user.pk}:{slug}"], [
+        cache.EPOCH,
+        cache.ROOMS,
+        cache.user_version(user.pk),
+    ]
+
+
+def cached_room(user: User, slug: str) -> tuple[Room | None, cache.Read | None]:
+    """The room and whether the user is a member (`is_member`) from the cache, or None; and
+    what the cache answered, to write a miss back with `remember_room` (None: no cache)."""
+    keys, versions = _room_keys(user, slug)
+    # A slug no room can have is never a key: it is looked up (and not found) uncached.
+    found = cache.read("room", keys, versions) if SAFE_SLUG.match(slug) else None
+    if found is None:
+        return None, None
+    cached = found.entry(keys[0], CachedRoom, found.tags(*versions[:2]))
+    member = found.entry(keys[1], bool, found.tags(*versions))
+    if cached is None or member is None:
+        metrics.CACHE_LOOKUPS.labels("room", "miss").inc()
+        return None, found
+    metrics.CACHE_LOOKUPS.labels("room", "hit").inc()
+    room = Room.from_db(
+        "default",
+        ["id", "slug", "title", "private", "owner_id"],
+        [cached.id, cached.slug, cached.title, cached.private, cached.owner_id],
+    )  # last_seq and created_at deferred: read from the database if ever touched
+    room.is_member = member  # type: ignore[attr-defined]  # as get_room_for_user annotates
+    return room, found
+
+
+def remember_room(found: cache.Read | None, user: User, room: Room, is_member: bool) -> None:
+    """Write a room read from the database back to the cache (after `cached_room` missed)."""
+    if found is None:
+        return
+    keys, versions = _room_keys(user, room.slug)
+    row = CachedRoom(room.pk, room.slug, room.title, room.private, room.owner_id)
+    found.write(
+        {
+            keys[0]: (found.tags(*versions[:2]), row),
+            keys[1]: (found.tags(*versions), is_member),
+        }
+    )
+
+
+def checked(room: Room) -> Room:
+    """The room, if the user it was read for (its `is_member`) may use it; else Forbidden."""
+    if room.private and not room.is_member:  # type: ignore[attr-defined]
+        raise Forbidden(f"you are not a member of {room.slug!r}")
     return room
 
 
-aget_room_for_user = _read(get_room_for_user)
+aget_room_for_user = read_in_thread(get_room_for_user)
 
 
 def rooms_for_user(user: User) -> list[dict[str, Any]]:
@@ -172,7 +197,7 @@ def rooms_for_user(user: User) -> list[dict[str, Any]]:
     return [_listed_json(room, user) for room in rooms]
 
 
-arooms_for_user = _read(rooms_for_user)
+arooms_for_user = read_in_thread(rooms_for_user)
 
 
 def _listed_rooms(user: User) -> list[ListedRoom]:
@@ -266,7 +291,7 @@ def history_page(
     return _history(room, after, before, limit)
 
 
-ahistory_page = _read(history_page)
+ahistory_page = read_in_thread(history_page)
 
 
 def _history(room: Room, after: int | None, before: int | None, limit: int) -> list[dict[str, Any]]:
