@@ -143,3 +143,15 @@ def others_cores(cpu: Mapping[str, float]) -> float | None:
         return None
     ours = sum(v for k, v in cpu.items() if k not in ("machine", "window_s"))
     return max(cpu["machine"] - ours, 0.0) / cpu["window_s"]
+
+
+def wait_for_quiet(cores: float = 0.5, patience_s: float = 90.0, sample_s: float = 1.0) -> float:
+    """Wait, up to `patience_s`, until the machine is busier than `cores` no more; the last
+    reading. On a shared machine another benchmark's load would be counted as ours."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        before = machine_seconds()
+        time.sleep(sample_s)
+        busy = (machine_seconds() - before) / sample_s
+        if busy <= cores or time.monotonic() >= deadline:
+            return busy

@@ -17,13 +17,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench.cpu import measure_window, us_per_delivery
+from bench.cpu import measure_window, us_per_delivery, wait_for_quiet
 from bench.services import BIN, ROOT, Server, Services, rss_kb
 from loadtest.coordinator import START_DELAY_S
 
 TARGETS = ("floor", "product", "ceiling", "socketio")
-# Scenarios a target serves when not all: bench/baselines/socketio/ serves scenario 1's room
-# shape (one room, one process), the comparison of issue 16, not the other scenarios' shapes.
+# Scenarios a target serves when not all: bench/baselines/socketio/ serves scenario 1's shape.
 ONLY = {"socketio": ("1",)}
 P99_LIMIT_MS = 100.0
 SATURATED = 0.8  # a step that delivers less than this share of its offered load is saturated
@@ -182,9 +181,10 @@ class Bench:
         return run
 
     def run(self, name: str, servers: list[Server], load: Load, rate: float) -> Run:
-        """One step, subscribers on the first server and publishers on the last, CPU metered."""
+        """One step (subscribers on the first server, publishers on the last) on a quiet machine."""
         ready = self.results / f"{name}.ready"
         ready.unlink(missing_ok=True)
+        wait_for_quiet()
         proc = self.loadtest(name, servers[0].url, load, rate, servers[-1].url, ready)
         meter = self.services.cpu_meter(servers, proc.pid)
         # The generator publishes START_DELAY_S after it touches `ready`, then warms up.
