@@ -46,13 +46,13 @@ class ClusterServices(Services):
 
     cluster: RedisCluster | None = None
 
-    def cpu_meter(self, servers: list[Server]) -> CpuMeter:
+    def cpu_meter(self, servers: list[Server], *args: Any, **kwargs: Any) -> CpuMeter:
         """Services' groups, with "redis" the cluster's masters, and one group per shard."""
         if self.cluster is None:
             shards = {f"{SHARD}{self.redis_port}": self.redis_pid}
         else:
             shards = {f"{SHARD}{n.port}": n.pid for n in self.cluster.nodes() if n.slots}
-        groups = dict(super().cpu_meter(servers).groups)
+        groups = dict(super().cpu_meter(servers, *args, **kwargs).groups)
         groups["redis"] = list(shards.values())
         return CpuMeter({**groups, **{name: [pid] for name, pid in shards.items()}})
 
