@@ -12,7 +12,9 @@ about a second whatever hangs:
   that stopped answering stays blocked whatever timeout its caller gives up after; nor
   the pool: a pool busy serving users is not a database that is down.
 - Redis: PING on a client of its own (one connection, kept, no retries), dropped after a
-  failure.
+  failure. On a Redis Cluster, one PING per master, and ready when any answers: a shard
+  down (failing over, or lost) stalls live delivery in its rooms only, and messages are
+  stored all the same; every pod turning unready for it would stop the whole service.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 import psycopg
 from django.conf import settings
 from django.db import connections
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -85,7 +88,7 @@ class Health:
             )
         try:
             async with asyncio.timeout(CHECK_TIMEOUT):
-                await self.redis.ping()
+                await _ping(self.redis)
         except (*redis_config.ERRORS, OSError, TimeoutError):
             logger.warning("readiness: Redis did not answer", exc_info=True)
             self._drop_redis()
@@ -108,6 +111,20 @@ class Health:
         client, self.redis = self.redis, None
         if client is not None:
             await _close_quietly(client)
+
+
+async def _ping(client: redis_clients.AsyncRedis) -> None:
+    """PING the server; on a Cluster, its masters, and fail only if none answers."""
+    if not isinstance(client, RedisCluster):
+        await client.ping()
+        return
+    await client.initialize()
+    masters = client.get_primaries()
+    answers = await asyncio.gather(
+        *(client.ping(target_nodes=master) for master in masters), return_exceptions=True
+    )
+    if not any(answer is True for answer in answers):
+        raise next((a for a in answers if isinstance(a, Exception)), ConnectionError("no master"))
 
 
 async def _close_quietly(client: redis_clients.AsyncRedis) -> None:

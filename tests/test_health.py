@@ -16,6 +16,7 @@ from django.test import AsyncClient
 from prometheus_client import REGISTRY
 from pytest_redis.executor import RedisExecutor
 
+from bench.redis_cluster import RedisCluster
 from project import metrics
 from realtime import drain
 from realtime.process import close_process, get_process
@@ -99,6 +100,30 @@ async def test_readyz_answers_within_the_bound_when_redis_hangs(
     assert (status, body["redis"], body["postgres"]) == (503, "unavailable", "ok")
     assert took < BOUND
     assert (await readyz(async_client))[0] == 200  # and it comes back by itself
+
+
+@pytest.mark.django_db
+async def test_on_a_cluster_one_master_down_keeps_readyz_200_and_all_down_is_503(
+    async_client: AsyncClient, settings: Any
+) -> None:
+    """A shard down stalls its rooms only (messages are stored all the same): the pods stay
+    ready. With no master answering, they are not."""
+    with RedisCluster(masters=3) as cluster:
+        settings.REDIS_URL = f"redis+cluster://{cluster.seeds}"
+        assert (await readyz(async_client))[:2] == (
+            200,
+            {"ready": True, "postgres": "ok", "redis": "ok", "draining": False},
+        )
+        first, *others = cluster.master_ports()
+        cluster.kill(first)
+        for _ in range(5):  # each time, not once the client happens to have let go of it
+            status, body, took = await readyz(async_client)
+            assert (status, body["redis"]) == (200, "ok")
+        for port in others:
+            cluster.kill(port)
+        status, body, took = await readyz(async_client)
+        assert (status, body["redis"]) == (503, "unavailable")
+        assert took < BOUND
 
 
 @pytest.mark.django_db
