@@ -20,10 +20,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import redis
 
 from bench.cpu import CpuMeter
 from bench.redis_cluster import RedisCluster
@@ -64,6 +67,10 @@ class ClusterServices(Services):
             env["CELERY_BROKER_URL"] = self.redis_url
         return env
 
+    def redis_ports(self) -> list[int]:
+        """The redis-servers the product uses now: the one, or the cluster's masters."""
+        return [self.redis_port] if self.cluster is None else self.cluster.master_ports()
+
     def flush_redis(self) -> None:
         super().flush_redis()
         if self.cluster is not None:
@@ -92,26 +99,54 @@ class Step:
         return {name: s for name, s in self.cpu.items() if name.startswith(SHARD)}
 
 
-def one_setup(bench: Bench, setup: str, rates: tuple[float, ...]) -> list[Step]:
-    """Every rate on one fresh, warmed-up product process over the current Redis."""
+def one_setup(bench: Bench, setup: str, rates: tuple[float, ...]) -> tuple[list[Step], str]:
+    """Every rate on one fresh, warmed-up product process over the current Redis, and where
+    Redis spent its time (INFO commandstats over all the steps)."""
+    services = bench.services
+    if not isinstance(services, ClusterServices):
+        raise TypeError("cluster_load needs ClusterServices")
     servers = bench.servers("product")
     key = "cluster" if "cluster" in setup else "single"
     try:
-        return [
+        for port in services.redis_ports():
+            with _redis(port) as client:
+                client.config_resetstat()
+        steps = [
             Step(setup, bench.run(f"cl-{key}-{rate:g}", servers, bench.plan.rooms, rate))
             for rate in rates
         ]
+        return steps, command_shares(services.redis_ports())
     finally:
         for server in servers:
             server.stop()
 
 
-def run(quick: bool, results: Path) -> list[Step]:
+def command_shares(ports: list[int], top: int = 5) -> str:
+    """The commands Redis spent most time in since CONFIG RESETSTAT, summed over `ports`."""
+    usec: Counter[str] = Counter()
+    for port in ports:
+        with _redis(port) as client:
+            for name, stats in client.info("commandstats").items():
+                usec[name.removeprefix("cmdstat_")] += int(stats["usec"])
+    total = sum(usec.values()) or 1
+    return ", ".join(
+        f"{name} {100 * spent / total:.0f} % ({spent / 1e6:.2f} s)"
+        for name, spent in usec.most_common(top)
+    )
+
+
+def _redis(port: int) -> redis.Redis:
+    return redis.Redis(host="127.0.0.1", port=port, socket_timeout=10)
+
+
+def run(quick: bool, results: Path) -> tuple[list[Step], dict[str, str]]:
+    """Both setups in turn: their steps, and Redis' time by command for each."""
     plan: Plan = QUICK if quick else FULL
     rates = RATES[quick]
     services = ClusterServices(Path(tempfile.mkdtemp(prefix="chat-cluster-bench-")), results)
     cluster = RedisCluster(masters=SHARDS, replicas=0)
     steps: list[Step] = []
+    commands: dict[str, str] = {}
     try:
         services.start()
         services.manage("migrate", "--noinput")
@@ -121,15 +156,16 @@ def run(quick: bool, results: Path) -> list[Step]:
             "provision_load", *("--users", str(users), "--rooms", str(ROOMS), "--out", str(tokens))
         )
         bench = Bench(services, tokens, results, plan)
-        print(f"cluster_load: one Redis, rates {rates}", flush=True)
-        steps += one_setup(bench, "one Redis", rates)
-        services.cluster = cluster.start()
-        print(f"cluster_load: {SHARDS}-master cluster {cluster.seeds}", flush=True)
-        steps += one_setup(bench, f"cluster, {SHARDS} masters", rates)
+        for setup in ("one Redis", f"cluster, {SHARDS} masters"):
+            if "cluster" in setup:
+                services.cluster = cluster.start()
+            print(f"cluster_load: {setup}, rates {rates}", flush=True)
+            measured, commands[setup] = one_setup(bench, setup, rates)
+            steps += measured
     finally:
         cluster.stop()
         services.stop()
-    return steps
+    return steps, commands
 
 
 def _row(step: Step) -> str:
@@ -158,7 +194,14 @@ def _verdict(run: Run) -> str:
     return "FAIL: " + "; ".join(run.report.get("problems", []))
 
 
-def markdown(steps: list[Step], command: str, started: datetime, code: str, load: Load) -> str:
+def markdown(
+    steps: list[Step],
+    commands: dict[str, str],
+    command: str,
+    started: datetime,
+    code: str,
+    load: Load,
+) -> str:
     return (
         f"\n## Redis Cluster: many rooms on one Redis and on {SHARDS} shards\n\n"
         f"`{command}` ({started:%Y-%m-%d %H:%M} UTC, {code}): scenario 3's load "
@@ -173,6 +216,9 @@ def markdown(steps: list[Step], command: str, started: datetime, code: str, load
         "| Redis CPU s | Redis CPU µs per delivery | app CPU µs per delivery | result |\n"
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n"
         + "".join(_row(step) for step in steps)
+        + "\nWhere Redis spent its time over all the steps (INFO commandstats, every command the "
+        "product sends, the fan-out's and the rest):\n\n"
+        + "".join(f"- {setup}: {shares}\n" for setup, shares in commands.items())
     )
 
 
@@ -190,9 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     results = ROOT / "bench" / "results" / (started.strftime("%Y%m%d-%H%M%S") + "-cluster")
     results.mkdir(parents=True)
     t0 = time.monotonic()
-    steps = run(args.quick, results)
+    steps, commands = run(args.quick, results)
     plan = QUICK if args.quick else FULL
-    text = markdown(steps, command, started, code, plan.rooms)
+    text = markdown(steps, commands, command, started, code, plan.rooms)
     (results / "cluster_load.json").write_text(json.dumps([_summary(s) for s in steps], indent=1))
     print(text)
     if args.append:
