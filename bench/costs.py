@@ -148,14 +148,12 @@ def main() -> int:
                 redis_commands(services.redis_port),
             )
             if args.py_spy:
+                # Only samples that hold the GIL: a thread waiting in C (the event loop's
+                # epoll, the thread pool's queue) is not CPU. --native would pause the server.
                 spy = subprocess.Popen(
                     [
-                        *(args.py_spy, "record", "-p", str(server.pid), "-r", "100"),
-                        *(
-                            "-d",
-                            str(int(args.duration)),
-                            "--nonblocking",
-                        ),  # --native would pause it
+                        *(args.py_spy, "record", "-p", str(server.pid), "-r", "100", "--gil"),
+                        *("-d", str(int(args.duration)), "--nonblocking"),
                         *("--format", "raw", "-o", str(raw)),
                     ],
                     stdout=subprocess.DEVNULL,

@@ -70,6 +70,7 @@ class CpuMeter:
 
     groups: Mapping[str, Iterable[int]]
     _start: dict[str, dict[int, float]] = field(default_factory=dict)
+    _seen: dict[str, dict[int, float]] = field(default_factory=dict)  # the last reading per pid
 
     def _sample(self) -> dict[str, dict[int, float]]:
         return {
@@ -79,12 +80,18 @@ class CpuMeter:
 
     def start(self) -> None:
         self._start = self._sample()
+        self._seen = {name: dict(pids) for name, pids in self._start.items()}
+
+    def poll(self) -> None:
+        """Take a reading: a process that exits before `read()` counts up to here."""
+        for name, pids in self._sample().items():
+            self._seen.setdefault(name, {}).update(pids)
 
     def read(self) -> dict[str, float]:
         """Seconds used per group since `start()`; processes born since count from zero."""
-        now = self._sample()
+        self.poll()
         used = {}
-        for name, pids in now.items():
+        for name, pids in self._seen.items():
             before = self._start.get(name, {})
             used[name] = sum(
                 max(seconds - before.get(pid, 0.0), 0.0) for pid, seconds in pids.items()
@@ -119,6 +126,7 @@ def measure_window(
     while (left := began + window_s - time.monotonic()) > 0:
         if proc.poll() is not None:
             return {}
+        meter.poll()  # the generator's workers exit as soon as publishing ends
         time.sleep(min(left, 0.1))
     used = meter.read()
     # The whole machine's busy seconds too: what the groups do not explain is other work

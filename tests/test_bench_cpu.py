@@ -69,3 +69,23 @@ def test_the_benchs_postgres_commits_durably(tmp_path: Path) -> None:
         assert cpu_seconds(services.pg_pid) > 0
     finally:
         services.stop()
+
+
+def test_a_child_that_exits_inside_the_window_counts_what_it_used(tmp_path: Path) -> None:
+    brief = SPIN.replace("+ 3", "+ 0.8")  # the generator's workers exit when publishing ends
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import subprocess, sys, time; subprocess.run([sys.executable, '-c', {brief!r}]);"
+            " time.sleep(3)",
+        ]
+    )
+    ready = tmp_path / "ready"
+    ready.touch()
+    try:
+        used = measure_window(CpuMeter({"tree": [parent.pid]}), ready, parent, 0.1, 1.5)
+    finally:
+        parent.kill()
+        parent.wait()
+    assert used["tree"] > 0.5
