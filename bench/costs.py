@@ -64,7 +64,7 @@ def pg_counters(port: int) -> tuple[dict[str, float], Counter[str]]:
 
 
 def redis_commands(port: int) -> Counter[str]:
-    """Calls so far per command (INFO commandstats), INFO itself left out."""
+    """Calls so far per command, and microseconds as "name usec" (INFO commandstats)."""
     out = subprocess.run(
         ["redis-cli", "-p", str(port), "INFO", "commandstats"],
         capture_output=True,
@@ -76,7 +76,9 @@ def redis_commands(port: int) -> Counter[str]:
     for line in out.splitlines():
         if line.startswith("cmdstat_") and not line.startswith("cmdstat_info:"):
             name, stats = line[len("cmdstat_") :].split(":", 1)
-            calls[name] = int(stats.split(",")[0].split("=")[1])
+            fields = dict(field.split("=") for field in stats.split(","))
+            calls[name] = int(fields["calls"])
+            calls[f"{name} usec"] = int(fields["usec"])
     return calls
 
 
@@ -196,7 +198,8 @@ def main() -> int:
             for q, n in (pg_after[1] - before["pg"][1]).most_common(12)
             if messages and "pg_stat" not in q
         },
-        "redis_calls_per_message": {
+        # Calls per message by command, and "<command> usec": Redis' microseconds on them.
+        "redis_per_message": {
             k: round((n - before["redis"].get(k, 0)) / messages, 3)
             for k, n in redis_after.items()
             if messages and n > before["redis"].get(k, 0)

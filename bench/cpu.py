@@ -153,7 +153,7 @@ def others_cores(cpu: Mapping[str, float]) -> float | None:
     return max(cpu["machine"] - ours, 0.0) / cpu["window_s"]
 
 
-def wait_for_quiet(cores: float = 0.5, patience_s: float = 90.0, sample_s: float = 1.0) -> float:
+def wait_for_quiet(cores: float = 0.5, patience_s: float = 30.0, sample_s: float = 0.5) -> float:
     """Wait, up to `patience_s`, until the machine is busier than `cores` no more; the last
     reading. On a shared machine another benchmark's load would be counted as ours."""
     deadline = time.monotonic() + patience_s
@@ -163,3 +163,18 @@ def wait_for_quiet(cores: float = 0.5, patience_s: float = 90.0, sample_s: float
         busy = (machine_seconds() - before) / sample_s
         if busy <= cores or time.monotonic() >= deadline:
             return busy
+
+
+@dataclass
+class QuietWaits:
+    """`wait_for_quiet` before each step, within a budget for the whole run: on a machine
+    that stays busy, a run waits a few minutes in all, not half a minute per step."""
+
+    budget_s: float = 240.0
+    per_step_s: float = 30.0
+
+    def __call__(self) -> float:
+        began = time.monotonic()
+        busy = wait_for_quiet(patience_s=min(self.per_step_s, self.budget_s))
+        self.budget_s = max(self.budget_s - (time.monotonic() - began), 0.0)
+        return busy

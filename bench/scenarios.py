@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench.cpu import measure_window, us_per_delivery, wait_for_quiet
+from bench.cpu import QuietWaits, measure_window, us_per_delivery
 from bench.services import BIN, ROOT, Server, Services, rss_kb
 from loadtest.coordinator import START_DELAY_S
 
@@ -120,10 +120,8 @@ class Outcome:
 
 class Bench:
     def __init__(self, services: Services, tokens: Path, results: Path, plan: Plan):
-        self.services = services
-        self.tokens = tokens
-        self.results = results
-        self.plan = plan
+        self.services, self.tokens, self.results, self.plan = services, tokens, results, plan
+        self.quiet = QuietWaits()
 
     # Running the generator
 
@@ -184,7 +182,7 @@ class Bench:
         """One step (subscribers on the first server, publishers on the last) on a quiet machine."""
         ready = self.results / f"{name}.ready"
         ready.unlink(missing_ok=True)
-        wait_for_quiet()
+        self.quiet()  # the machine is shared: other sessions' benchmarks would count as ours
         proc = self.loadtest(name, servers[0].url, load, rate, servers[-1].url, ready)
         meter = self.services.cpu_meter(servers, proc.pid)
         # The generator publishes START_DELAY_S after it touches `ready`, then warms up.
