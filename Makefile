@@ -94,12 +94,12 @@ $(SOCKETIO)/node_modules/.installed: $(SOCKETIO)/package-lock.json
 	cd $(SOCKETIO) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-# The benchmark suite on this machine's loopback; writes docs/benchmarks.md (about 25 minutes,
-# at most 40: bench/run.py's --max-minutes; scenario 1 also runs Socket.IO, from npm),
+# The benchmark suite on this machine's loopback; writes docs/benchmarks.md (40 minutes at most,
+# bench/run.py's --max-minutes; scenario 1 with Socket.IO, from npm, took 11 of them),
 # then the presence scenario (bench/presence.py: a room of 1,000 members joining) adds its table,
 # and so do the HTTP API (bench/http_api.py) and Redis Cluster ones (bench/cluster_load.py:
 # many rooms on one Redis and on 3 shards, about 3 minutes).
-# QUICK=1 is a 3-minute smoke version of the same scenarios.
+# QUICK=1 is a smoke version of the same scenarios, a few minutes long.
 bench: $(STAMP) services $(SOCKETIO)/node_modules/.installed
 	$(BIN)/python -m bench.run $(if $(QUICK),--quick) --command "make bench$(if $(QUICK), QUICK=1)"
 	$(BIN)/python -m bench.presence $(if $(QUICK),--members 200) --append docs/benchmarks.md

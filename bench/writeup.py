@@ -167,7 +167,7 @@ def render(
         "",
         "Written by `bench/run.py` (`make bench`); rerun it rather than editing this file.",
         "",
-        f"- Command: `{command}`" + (" (the 3-minute smoke version)" if plan.quick else ""),
+        f"- Command: `{command}`" + (" (the smoke version)" if plan.quick else ""),
         f"- Date: {started.astimezone(UTC):%Y-%m-%d %H:%M} UTC; the run took"
         f" {elapsed_s / 60:.1f} min",
         *(f"- {k}: {v}" for k, v in machine(code)),
