@@ -106,12 +106,16 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=20.0, help="the measured seconds")
     parser.add_argument("--py-spy", help="a py-spy executable: sample the server")
     parser.add_argument("--top", type=int, default=25, help="frames to list")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE", help="a product setting"
+    )
     args = parser.parse_args()
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     results = ROOT / "bench" / "results" / f"costs-{args.target}-{stamp}"
     results.mkdir(parents=True)
     services = Services(Path(tempfile.mkdtemp(prefix="chat-costs-")), results)
     services.pg_options = "-c shared_preload_libraries=pg_stat_statements"
+    services.settings = dict(item.split("=", 1) for item in args.set)
     try:
         services.start()
         pg = services.pg_settings()
@@ -180,6 +184,7 @@ def main() -> int:
         "target": args.target,
         "rate": args.rate,
         "postgres_settings": pg,
+        "settings": services.settings,
         "deliveries_per_s": delivery["deliveries_per_s"],
         "latency_ms": delivery["latency_ms"],
         "ok": data["ok"],

@@ -170,6 +170,7 @@ class Services:
     bare_ws: str = "websockets-sansio"  # uvicorn's --ws for the "bare" target (bench/memory.py)
     snapshots: Path | None = None  # run uvicorn under tracemalloc (bench/allocations.py)
     pg_options: str = ""  # more of PostgreSQL's -c options (bench/costs.py)
+    settings: dict[str, str] = field(default_factory=dict)  # the product's, over the defaults
 
     def start(self) -> None:
         self.redis_port = free_port()
@@ -280,6 +281,7 @@ class Services:
                 # Flood control off, as project/settings.py asks of load tests: the benchmark
                 # measures delivery, and a few publishers stand for many users.
                 **{name: str(UNLIMITED) for name in FLOOD_CONTROL},
+                **self.settings,
             }
         )
 
