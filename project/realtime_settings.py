@@ -13,7 +13,7 @@ from project.environment import env
 # Redis does not answer, each process keeps its own (K processes: up to K times as much).
 PUBLISH_RATE = env.float("PUBLISH_RATE", default=10.0)  # per connection, per second
 PUBLISH_BURST = env.float("PUBLISH_BURST", default=30.0)
-# Per user. In Redis a moving window of USER_PUBLISH_BURST per ceil(burst / rate) seconds.
+# Per user. In Redis a sliding-window counter of USER_PUBLISH_BURST per ceil(burst / rate) s.
 USER_PUBLISH_RATE = env.float("USER_PUBLISH_RATE", default=20.0)
 USER_PUBLISH_BURST = env.float("USER_PUBLISH_BURST", default=60.0)
 TYPING_RATE = env.float("TYPING_RATE", default=2.0)  # per connection; per user twice this

@@ -10,7 +10,10 @@ counting CONNECTION_TTL_SECONDS after its last refresh, a Redis that restarted
 empty learns the live ones again, and a user with no socket has no key. The
 scripts read Redis' clock, so the processes' clocks do not matter here.
 
-Budgets: the moving window of the `limits` package, over the same connections.
+Budgets: the `limits` package's sliding-window counter, over the same connections: two
+counters per user and budget (hash-tagged onto one slot by the package), so taking a lease
+of any size (realtime/limits.py) is one INCRBY, where a moving window would push one list
+entry per token.
 
 Every call is bounded by LIMITS_REDIS_TIMEOUT. When Redis fails, calls answer
 None at once for LIMITS_REDIS_RETRY_SECONDS and realtime/limits.py uses the
@@ -37,7 +40,7 @@ from django.conf import settings
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.aio.storage import RedisClusterStorage as LimitsClusterStorage
 from limits.aio.storage import RedisStorage as LimitsRedisStorage
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from project import redis_config
 from realtime import redis_clients
@@ -87,7 +90,7 @@ return 0
 
 @lru_cache(maxsize=16)
 def window(rate: float, burst: float) -> RateLimitItem:
-    """A token bucket (rate, burst) as a moving window: `burst` per ceil(burst / rate) s.
+    """A token bucket (rate, burst) as a window of `burst` per ceil(burst / rate) s.
 
     The package's windows are whole seconds, so the burst stays and the sustained rate is
     at most the configured one (the per-user typing default, 10 per 2.5 s, is 10 per 3 s).
@@ -106,7 +109,7 @@ class ClusterLimits:
         self.redis = redis_clients.limits_client(url)
         self.seat_script = self.redis.register_script(SEAT)
         self.touch_script = self.redis.register_script(TOUCH)
-        self.limiter = MovingWindowRateLimiter(self._storage(url))
+        self.limiter = SlidingWindowCounterRateLimiter(self._storage(url))
         self.process = uuid.uuid4().hex[:12]
         self.numbers = itertools.count()
         self.live: dict[object, list[str]] = {}  # user id -> members of sockets here

@@ -156,8 +156,9 @@ TYPING_KEPT = 10_000  # (user, room) entries of the per-process typing check bef
 async def allow_typing_notice(user_id: object, room_id: int) -> bool:
     """Whether to relay this typing notice: at most one per TYPING_INTERVAL_SECONDS per user
     and room. This process's memory first (no round trip for the notices it already saw);
-    then, with REDIS_URL, the cluster's (the `limits` package's moving window, in Redis), so
-    two tabs on two pods relay one. While Redis does not answer, this process's decides."""
+    then, with REDIS_URL, the cluster's (the `limits` package's sliding-window counter, in
+    Redis), so two tabs on two pods relay one. While Redis does not answer, this process's
+    decides."""
     interval: float = settings.TYPING_INTERVAL_SECONDS
     sent = get_process().typing_sent
     now, key = time.monotonic(), (user_id, room_id)
