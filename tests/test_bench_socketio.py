@@ -8,6 +8,7 @@ with the same loss, duplicate and order accounting as for the other targets.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -42,7 +43,7 @@ def socketio_server(tmp_path: Path) -> Iterator[Server]:
         node = subprocess.Popen(
             ["node", str(SOCKETIO / "server.js"), "--host", "127.0.0.1", "--port", str(port)],
             env={
-                "PATH": "/usr/local/bin:/usr/bin:/bin",
+                "PATH": os.environ["PATH"],
                 "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
             },
             stdout=out,
