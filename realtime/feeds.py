@@ -15,8 +15,7 @@ import contextvars
 import logging
 import threading
 import weakref
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, Protocol
 
 from django.conf import settings
@@ -24,6 +23,7 @@ from django.conf import settings
 from project import metrics
 from project.redis_config import ERRORS as REDIS_ERRORS
 from realtime import redis_clients
+from realtime.rebroadcast import Rebroadcast
 from realtime.tasks import spawn
 
 logger = logging.getLogger(__name__)
@@ -39,8 +39,9 @@ class Sink(Protocol):
 
     def deliver(self, channel: str, data: bytes) -> None: ...
 
-    def feed_lost(self) -> None:
-        """Called after the feed was interrupted and is back: anything may have been lost."""
+    def feed_lost(self, channels: Collection[str] | None = None) -> None:
+        """Called after the feed was interrupted and is back: anything may have been lost (on
+        these channels; None: on any)."""
 
 
 class Transport:
@@ -118,7 +119,7 @@ class RedisTransport(Transport):
         self._publisher_lock = threading.Lock()
         # An asyncio client is bound to its event loop: one per loop that publishes.
         self._async_publishers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-        self.rebroadcast = Rebroadcast(self.send)
+        self.rebroadcast = Rebroadcast(self.send_each)
 
     def _wanted(self) -> list[str]:
         # A pub/sub connection with no subscription stops being read: keep one always.
@@ -243,9 +244,11 @@ class RedisTransport(Transport):
         in other processes would otherwise not notice it until the room's next message.
         """
         if durable and self.rebroadcast.waiting():
-            # Behind the ones waiting, so each room's stay in seq order.
-            self.rebroadcast.add(items)
-            return
+            # A channel's publishes wait behind its own waiting ones, so each room's stay in
+            # seq order; other channels' go now (on a Cluster, another shard may be fine).
+            items = tuple(self.rebroadcast.hold(items))
+            if not items:
+                return
         try:
             self.send(items)
         except REDIS_ERRORS:
@@ -254,8 +257,9 @@ class RedisTransport(Transport):
 
     async def apublish(self, *items: tuple[str, bytes], durable: bool = True) -> None:
         if durable and self.rebroadcast.waiting():
-            self.rebroadcast.add(items)  # behind the ones waiting, as in publish
-            return
+            items = tuple(self.rebroadcast.hold(items))  # as in publish
+            if not items:
+                return
         try:
             with self._publisher_lock:
                 client = self._async_publishers.get(asyncio.get_running_loop())
@@ -302,70 +306,25 @@ class RedisTransport(Transport):
         with self._publisher_lock:
             if self._publisher is None:
                 self._publisher = redis_clients.publisher(self.url)
-        if len(items) == 1:
-            self._queue(self._publisher, *items[0])
+        if len(items) <= 1:
+            if items:
+                self._queue(self._publisher, *items[0])
             return
         with self._publisher.pipeline(transaction=False) as pipe:
             for channel, data in items:
                 self._queue(pipe, channel, data)
             pipe.execute()
 
+    def send_each(self, items: Sequence[tuple[str, bytes]]) -> list[bool]:
+        """Send in one round trip and say which Redis took: on a Cluster one shard may be
+        down while the others answer. Raises when none could be sent."""
+        self.send([])  # makes the publisher
+        with self._publisher.pipeline(transaction=False) as pipe:
+            for channel, data in items:
+                self._queue(pipe, channel, data)
+            answers = pipe.execute(raise_on_error=False)
+        return [not isinstance(answer, Exception) for answer in answers]
+
     def _queue(self, client: Any, channel: str, data: bytes) -> Any:
         """PUBLISH on a client (sent now) or a pipeline (sent with the batch)."""
         return client.publish(channel, data)
-
-
-class Rebroadcast:
-    """Broadcasts Redis did not take, sent again in order from a thread of their own.
-
-    A thread, not a task: publishes come from any thread (the publisher's pool, a
-    view's, a management command's), including processes with no event loop. It
-    runs only while something waits, every REBROADCAST_SECONDS, and stops once
-    Redis has taken everything. A repeat of what Redis did take (a PUBLISH that
-    timed out on our side) is harmless: sockets drop seqs they already have.
-    """
-
-    def __init__(self, send: Callable[[Sequence[tuple[str, bytes]]], None]):
-        self._send = send
-        self._items: deque[tuple[str, bytes]] = deque()
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def waiting(self) -> int:
-        return len(self._items)
-
-    def add(self, items: Sequence[tuple[str, bytes]]) -> None:
-        with self._lock:
-            self._items.extend(items)
-            overflow = len(self._items) - settings.REBROADCAST_MAX
-            for _ in range(max(overflow, 0)):
-                # Subscribers still get these from the database: at the room's next message,
-                # or when they reconnect.
-                self._items.popleft()
-            if overflow > 0:
-                logger.error("dropped %d broadcasts waiting for Redis", overflow)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="rebroadcast", daemon=True)
-                self._thread.start()
-            else:
-                self._wake.set()
-
-    def _run(self) -> None:
-        while True:
-            self._wake.wait(settings.REBROADCAST_SECONDS)
-            self._wake.clear()
-            with self._lock:
-                items = list(self._items)
-            if items:
-                try:
-                    self._send(items)
-                except REDIS_ERRORS:
-                    continue
-                logger.info("%d broadcasts went out once Redis answered again", len(items))
-            with self._lock:
-                for _ in items:
-                    self._items.popleft()
-                if not self._items:
-                    self._thread = None
-                    return

@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Protocol
 
 from channels.layers import BaseChannelLayer
@@ -203,9 +203,12 @@ class Fanout:
                 # transports at the end of this turn of the event loop (realtime/wire.py).
                 metrics.FANOUT_LATENCY.observe(max(time.time() - sent_at, 0.0))
 
-    def resync_all(self) -> None:
-        """After the feed was interrupted: every subscription checks the database for gaps."""
-        for subs in self.rooms.values():
+    def resync_all(self, groups: Collection[str] | None = None) -> None:
+        """After the feed was interrupted (for these groups, or all): every subscription
+        checks the database for gaps."""
+        for group, subs in list(self.rooms.items()):
+            if groups is not None and group not in groups:
+                continue
             for sub in list(subs):
                 if sub.live:
                     sub.live = False
@@ -361,10 +364,15 @@ class ChatChannelLayer(BaseChannelLayer):  # type: ignore[misc]  # channels is u
                 listener.on_group_event(message)
         self.channels.deliver_group(group, message)
 
-    def feed_lost(self) -> None:
-        self.fanout.resync_all()
+    def feed_lost(self, channels: Collection[str] | None = None) -> None:
+        groups = None
+        if channels is not None:
+            groups = {c.removeprefix(GROUP_PREFIX) for c in channels if c.startswith(GROUP_PREFIX)}
+        self.fanout.resync_all(groups)
         told: set[int] = set()
-        for listeners in list(self.listeners.values()):
+        for group, listeners in list(self.listeners.items()):
+            if groups is not None and group not in groups:
+                continue
             for listener in list(listeners):
                 if id(listener) not in told:
                     told.add(id(listener))

@@ -16,8 +16,12 @@ one's messages by up to that timeout; and after a failover it moves channels to 
 master silently, where the layer must know that messages may have been lost, so that
 sockets catch up from PostgreSQL.
 
-Any surprise breaks the whole feed: a shard's connection lost, an error reply (MOVED), a
-`sunsubscribe` the server sent by itself (the channel's slot moved), a channel whose master
+A shard's connection lost (its master died, failed over, restarted) is mended alone: the
+other shards' connections keep delivering while that one's channels wait, with backoff, for
+the topology to name their new master (a replica promoted), are subscribed there, and the
+layer hears that those channels, and only those, may have lost messages; their sockets
+catch up from PostgreSQL. Anything else unexpected breaks the whole feed: an error reply
+(MOVED), a `sunsubscribe` the server sent by itself (a slot moved), a channel whose master
 has no connection here (a master was added). RedisTransport's reader then reconnects with
 backoff: it reads the topology afresh from the seed nodes, subscribes every wanted channel
 on its current master, and tells the layer that anything may have been lost. Rare, and
@@ -29,15 +33,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
+from django.conf import settings
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
+from project import metrics
+from project.redis_config import ERRORS as REDIS_ERRORS
 from realtime import redis_clients
 from realtime.feeds import KEEPALIVE, RedisTransport
 from realtime.tasks import spawn
+
+logger = logging.getLogger(__name__)
 
 
 class FeedBroken(ConnectionError):
@@ -70,12 +81,16 @@ class ShardedTransport(RedisTransport):
     def __init__(self, sink: Any, url: str):
         super().__init__(sink, url)
         self.cluster: RedisCluster | None = None
-        self.shards: dict[str, Shard] = {}
-        self.keepalives: list[str] = []
+        self.shards: dict[str, Shard] = {}  # master's name -> the connection to it
+        self.placed: dict[str, str] = {}  # channel -> the shard it is subscribed on
+        self.keepalives: dict[str, str] = {}  # master's name -> a channel of its slots
+        self.mending: asyncio.Task[None] | None = None
         self.broken: asyncio.Future[None] | None = None
 
     def _wanted(self) -> list[str]:
-        return [*self.keepalives, *self.sink.wanted()]
+        return [*(self._keepalive(name) for name in self.shards), *self.sink.wanted()]
+
+    # Connecting, as a whole and shard by shard.
 
     async def _connect(self) -> None:
         cluster = redis_clients.feed_client(self.url)
@@ -83,59 +98,67 @@ class ShardedTransport(RedisTransport):
         self.cluster = cluster
         try:
             await cluster.initialize()
-            loop = asyncio.get_running_loop()
-            self.broken = loop.create_future()
+            self.broken = asyncio.get_running_loop().create_future()
             self.shards = {
                 node.name: Shard(node.name, node.host, int(node.port), self.url)
                 for node in cluster.get_primaries()
             }
-            self.keepalives = [self._keepalive(name) for name in self.shards]
             # The base class's "connected" mark: its unsubscribe and close look at it.
             self.pubsub = self.shards
-            channels = self._wanted()
-            for channel in channels:
-                # Keep a future a joining socket already waits on; it resolves on this feed.
-                waiter = self.confirmed.get(channel)
-                if waiter is None or waiter.done():
-                    self.confirmed[channel] = loop.create_future()
-            # One SSUBSCRIBE per slot: Redis refuses one that spans slots (CROSSSLOT).
-            by_slot: dict[tuple[str, int], list[str]] = defaultdict(list)
-            for channel in channels:
-                by_slot[self._shard_of(channel).name, key_slot(channel.encode())].append(channel)
-            for (name, _slot), names in by_slot.items():
-                await self.shards[name].pubsub.ssubscribe(*names)
+            await self._subscribe_all(self._wanted())
         except BaseException:
             await self._disconnect()
             raise
         for shard in self.shards.values():
+            self._start_reading(shard)
+
+    async def _subscribe_all(self, channels: list[str]) -> None:
+        """Subscribe channels on their masters' connections (made for masters new here)."""
+        loop = asyncio.get_running_loop()
+        for channel in channels:
+            # Keep a future a joining socket already waits on; it resolves on this feed.
+            waiter = self.confirmed.get(channel)
+            if waiter is None or waiter.done():
+                self.confirmed[channel] = loop.create_future()
+        # One SSUBSCRIBE per slot: Redis refuses one that spans slots (CROSSSLOT).
+        by_slot: dict[tuple[str, int], list[str]] = defaultdict(list)
+        for channel in channels:
+            shard = self._shard_of(channel, add=True)
+            by_slot[shard.name, key_slot(channel.encode())].append(channel)
+        for (name, _slot), names in by_slot.items():
+            await self.shards[name].pubsub.ssubscribe(*names)
+            self.placed.update((channel, name) for channel in names)
+
+    def _start_reading(self, shard: Shard) -> None:
+        if shard.reader is None:
             shard.reader = spawn(self._read_shard(shard), name=f"redis shard feed {shard.name}")
 
-    def _shard_of(self, channel: str) -> Shard:
+    def _shard_of(self, channel: str, *, add: bool = False) -> Shard:
+        """The connection to the channel's master; with `add`, made if there is none."""
         assert self.cluster is not None  # noqa: S101 -- connected
         node = self.cluster.get_node_from_key(channel)
-        shard = self.shards.get(node.name) if node is not None else None
+        if node is None:
+            raise FeedBroken(f"no master for {channel}")
+        shard = self.shards.get(node.name)
         if shard is None:
-            raise FeedBroken(f"no feed connection to the master of {channel}")
+            if not add:
+                raise FeedBroken(f"no feed connection to the master of {channel}")
+            shard = self.shards[node.name] = Shard(node.name, node.host, int(node.port), self.url)
         return shard
 
     def _keepalive(self, name: str) -> str:
         """A channel on the shard `name`, so its connection always has a subscription."""
+        channel = self.keepalives.get(name)
+        if channel is not None:
+            return channel
         assert self.cluster is not None  # noqa: S101 -- connected
         for n in itertools.count():
             channel = f"{KEEPALIVE}:{n}"
             node = self.cluster.get_node_from_key(channel)
             if node is not None and node.name == name:
+                self.keepalives[name] = channel
                 return channel
         raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _consume(self) -> None:
-        """Wait until a shard's reader (or a subscribe) says the feed is broken."""
-        assert self.broken is not None  # noqa: S101 -- connected
-        await self.broken
-
-    def _break(self, error: BaseException) -> None:
-        if self.broken is not None and not self.broken.done():
-            self.broken.set_exception(error)
 
     async def _read_shard(self, shard: Shard) -> None:
         try:
@@ -146,8 +169,55 @@ class ShardedTransport(RedisTransport):
                     self._handle(item)
         except asyncio.CancelledError:
             raise
-        except BaseException as error:
-            self._break(error)
+        except BaseException:
+            logger.warning("redis shard %s feed lost; mending it", shard.name, exc_info=True)
+            metrics.DEPENDENCY_UP.labels("redis").set(0)
+            if self.shards.get(shard.name) is shard:
+                del self.shards[shard.name]
+            spawn(shard.close(), name=f"close redis shard feed {shard.name}")
+            if self.mending is None or self.mending.done():
+                self.mending = spawn(self._mend(), name="redis shard feed mend")
+
+    async def _mend(self) -> None:
+        """Subscribe the channels of lost shards on their masters once the topology names
+        masters that answer (a replica promoted); then tell the layer those channels, and
+        only those, may have lost messages. The other shards deliver meanwhile."""
+        backoff = 0.1
+        while True:
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, settings.FEED_RECONNECT_MAX_SECONDS)
+            async with self.lock:
+                assert self.cluster is not None  # noqa: S101 -- connected
+                lost = [c for c in self.sink.wanted() if self.placed.get(c) not in self.shards]
+                known = set(self.shards)
+                try:
+                    await self.cluster.nodes_manager.initialize()
+                    await self._subscribe_all(lost)
+                    new = [self.shards[name] for name in set(self.shards) - known]
+                    for shard in new:
+                        await shard.pubsub.ssubscribe(self._keepalive(shard.name))
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.info("redis shard feed not mended yet", exc_info=True)
+                    for name in set(self.shards) - known:
+                        spawn(self.shards.pop(name).close(), name="close redis shard feed")
+                    continue
+                for shard in new:
+                    self._start_reading(shard)
+            metrics.FEED_RECONNECTS.inc()
+            metrics.DEPENDENCY_UP.labels("redis").set(1)
+            self.sink.feed_lost(lost)
+            return
+
+    async def _consume(self) -> None:
+        """Wait until something the shards cannot mend alone breaks the whole feed."""
+        assert self.broken is not None  # noqa: S101 -- connected
+        await self.broken
+
+    def _break(self, error: BaseException) -> None:
+        if self.broken is not None and not self.broken.done():
+            self.broken.set_exception(error)
 
     def _handle(self, item: dict[str, Any]) -> None:
         kind = item["type"]
@@ -165,17 +235,33 @@ class ShardedTransport(RedisTransport):
     async def _subscribe_command(self, channel: str) -> None:
         try:
             shard = self._shard_of(channel)
-        except FeedBroken as error:
-            # The rebuild subscribes it (it is wanted) and resolves the caller's wait.
-            self._break(error)
-            return
+        except FeedBroken:
+            if self.mending is not None and not self.mending.done():
+                return  # its master was lost: the mend subscribes it with the others
+            try:
+                shard = self._shard_of(channel, add=True)  # a master new here
+            except FeedBroken as error:
+                # The rebuild subscribes it (it is wanted) and resolves the caller's wait.
+                self._break(error)
+                return
         await shard.pubsub.ssubscribe(channel)
+        self.placed[channel] = shard.name
+        if shard.reader is None:  # a master new here: keep its connection subscribed
+            await shard.pubsub.ssubscribe(self._keepalive(shard.name))
+            self._start_reading(shard)
 
     async def _unsubscribe_command(self, channel: str) -> None:
-        with contextlib.suppress(FeedBroken):  # no connection to it: nothing to undo
-            await self._shard_of(channel).pubsub.sunsubscribe(channel)
+        name = self.placed.pop(channel, None)
+        shard = self.shards.get(name) if name is not None else None
+        if shard is not None:
+            await shard.pubsub.sunsubscribe(channel)
 
     async def _disconnect(self) -> None:
+        if self.mending is not None and self.mending is not asyncio.current_task():
+            self.mending.cancel()
+        self.mending = None
+        self.placed.clear()
+        self.keepalives.clear()
         shards, self.shards = list(self.shards.values()), {}
         for shard in shards:
             await shard.close()
@@ -186,3 +272,24 @@ class ShardedTransport(RedisTransport):
 
     def _queue(self, client: Any, channel: str, data: bytes) -> Any:
         return client.spublish(channel, data)
+
+    def send_each(self, items: Sequence[tuple[str, bytes]]) -> list[bool]:
+        """One pipeline per master: redis-py fails a Cluster pipeline as a whole when one of
+        its nodes is down, which would keep the other shards' broadcasts waiting with it."""
+        self.send([])  # makes the publisher
+        by_master: dict[str, list[int]] = defaultdict(list)
+        for i, (channel, _) in enumerate(items):
+            node = self._publisher.get_node_from_key(channel)
+            by_master[node.name if node is not None else ""].append(i)
+        taken = [False] * len(items)
+        for indexes in by_master.values():
+            try:
+                with self._publisher.pipeline(transaction=False) as pipe:
+                    for i in indexes:
+                        self._queue(pipe, *items[i])
+                    answers = pipe.execute(raise_on_error=False)
+            except REDIS_ERRORS:
+                continue  # that master is down: its broadcasts wait
+            for i, answer in zip(indexes, answers, strict=True):
+                taken[i] = not isinstance(answer, Exception)
+        return taken

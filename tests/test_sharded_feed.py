@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 import pytest
@@ -76,28 +76,41 @@ async def test_each_group_is_subscribed_and_published_on_its_own_master(
     assert all(after[port] == before[port] for port in placed if port != target_port)
 
 
-async def test_a_lost_shard_connection_is_rebuilt_and_the_layer_told(
+def _pubsub_clients(port: int) -> set[str]:
+    with _client(port) as client:
+        return {str(c["id"]) for c in client.client_list(_type="pubsub")}
+
+
+async def test_a_lost_shard_is_mended_alone_and_the_layer_told_which_rooms(
     redis_cluster: Any, two_processes: tuple[ChatChannelLayer, ChatChannelLayer]
 ) -> None:
-    """The master drops the feed's connection: the feed comes back on every shard, the
-    layer hears that anything may have been lost (its sockets catch up), and sends flow."""
+    """A master drops the feed's connections: that shard's channels are subscribed again,
+    the layer hears that those rooms (and only those) may have lost messages, so their
+    sockets catch up; the other shards' connections are left alone, delivering throughout."""
     a, b = two_processes
     placed = groups_on_every_master(redis_cluster, per_master=1)
     channel = await b.new_channel()
     for (group,) in placed.values():
         await b.group_add(group, channel)
+    told: list[set[str] | None] = []
     lost = asyncio.Event()
     real = b.feed_lost
 
-    def feed_lost() -> None:
+    def feed_lost(channels: Collection[str] | None = None) -> None:
+        told.append(None if channels is None else set(channels))
         lost.set()
-        real()
+        real(channels)
 
     b.feed_lost = feed_lost  # type: ignore[method-assign]
-    victim = next(iter(placed))
+    victim, *healthy = placed
+    before = {port: _pubsub_clients(port) for port in healthy}
     with _client(victim) as client:
         assert client.client_kill_filter(_type="pubsub") >= 1
     await asyncio.wait_for(lost.wait(), 10)
+    (channels,) = told  # the rooms on the victim (and this process's own channel, if there)
+    assert channels is not None
+    assert {c for c in channels if c.startswith(GROUP_PREFIX)} == {GROUP_PREFIX + placed[victim][0]}
+    assert {port: _pubsub_clients(port) for port in healthy} == before
     for port, (group,) in placed.items():
         await a.group_send(group, {"type": "chat.message", "port": port})
         assert await asyncio.wait_for(b.receive(channel), 5) == {
