@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 HOST ?= 127.0.0.1
 PORT ?= 8000
+SOCKETIO := bench/baselines/socketio
 
 .PHONY: run worker beat test lint bench services browsers clean
 
@@ -58,7 +59,9 @@ $(TOOLS)/.installed-checkov-3.3.30:
 .PHONY: tools
 tools: $(TOOLS)/.installed-checkov-3.3.30
 
-test: $(STAMP) services tools
+# The Socket.IO baseline's packages too: tests/test_bench_socketio.py keeps make bench's fourth
+# target from rotting.
+test: $(STAMP) services tools $(SOCKETIO)/node_modules/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -87,8 +90,7 @@ audit: $(STAMP)
 		+ (f"; NOT AUDITED (no answer from the vulnerability service): {len(s)}" if s else ""))'
 
 # The Socket.IO baseline's packages (bench/baselines/socketio/), exactly as its committed
-# package-lock.json pins them.
-SOCKETIO := bench/baselines/socketio
+# package-lock.json pins them (SOCKETIO is set at the top: `test` needs them too).
 $(SOCKETIO)/node_modules/.installed: $(SOCKETIO)/package-lock.json
 	@command -v npm >/dev/null 2>&1 || { echo "make bench needs Node 20 and npm"; exit 1; }
 	cd $(SOCKETIO) && npm ci --no-audit --no-fund --loglevel=error
