@@ -118,38 +118,6 @@ def test_a_bad_mix_stops_the_start_up(tmp_path: Path) -> None:
     assert "ImproperlyConfigured: set one of REDIS_URL and REDIS_SENTINELS" in done.stderr
 
 
-def test_sentinel_settings_give_the_broker_and_the_layer(tmp_path: Path) -> None:
-    """With REDIS_SENTINELS the settings load; Celery gets kombu's Sentinel transport."""
-    code = (
-        "from django.conf import settings as s; "
-        "print(s.REDIS_URL); print(s.CELERY_BROKER_URL); "
-        "print(s.CELERY_BROKER_TRANSPORT_OPTIONS); print(s.CACHES['default']['BACKEND'])"
-    )
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "DJANGO_SETTINGS_MODULE": "project.settings",
-        "SECRET_KEY": "x" * 50,
-        "REDIS_SENTINELS": "127.0.0.1:26379,127.0.0.1:26380",
-        "REDIS_SENTINEL_MASTER": "mymaster",
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", f"import django; django.setup(); {code}"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert done.stdout.splitlines() == [
-        "redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/mymaster",
-        "sentinel://127.0.0.1:26379;sentinel://127.0.0.1:26380",
-        "{'master_name': 'mymaster'}",
-        # No CACHE_URL and several processes: no cache, as with REDIS_URL.
-        "django.core.cache.backends.dummy.DummyCache",
-    ]
-
-
 def _settings_with(extra: dict[str, str], code: str) -> subprocess.CompletedProcess[str]:
     env = {
         "PATH": "/usr/bin:/bin",
@@ -166,6 +134,28 @@ def _settings_with(extra: dict[str, str], code: str) -> subprocess.CompletedProc
         timeout=60,
         check=False,
     )
+
+
+def test_sentinel_settings_give_the_broker_and_the_layer(tmp_path: Path) -> None:
+    """With REDIS_SENTINELS the settings load; Celery gets kombu's Sentinel transport."""
+    code = (
+        "from django.conf import settings as s; "
+        "print(s.REDIS_URL); print(s.CELERY_BROKER_URL); "
+        "print(s.CELERY_BROKER_TRANSPORT_OPTIONS); print(s.CACHES['default']['BACKEND'])"
+    )
+    sentinels = {
+        "REDIS_SENTINELS": "127.0.0.1:26379,127.0.0.1:26380",
+        "REDIS_SENTINEL_MASTER": "mymaster",
+    }
+    done = _settings_with(sentinels, code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/mymaster",
+        "sentinel://127.0.0.1:26379;sentinel://127.0.0.1:26380",
+        "{'master_name': 'mymaster'}",
+        # No CACHE_URL and several processes: no cache, as with REDIS_URL.
+        "django.core.cache.backends.dummy.DummyCache",
+    ]
 
 
 def test_cluster_needs_a_broker_of_its_own() -> None:

@@ -29,10 +29,9 @@ from pytest_redis.config import get_config
 from bench.redis_cluster import RedisCluster
 from realtime.groups import room_group
 from realtime.layer import GROUP_PREFIX
+from tests.e2e.failover import delivered_since, keep_writing, longest_stall
 from tests.e2e.faults import Ledger, ReturningClient, poll_until
 from tests.e2e.servers import Http, Pod, SpawnPod, Stack, create_room_sync, history
-from tests.e2e.test_sentinel_e2e import delivered_since, longest_stall
-from tests.e2e.wsclient import ServerError
 
 pytestmark = pytest.mark.e2e
 
@@ -180,24 +179,9 @@ async def test_rooms_on_every_shard_survive_a_master_failover_in_order(
     dead = cluster.master_of(channel_of(rooms[victim]))
     stop = asyncio.Event()
 
-    async def write(client: ReturningClient) -> None:
-        for n in itertools.count():
-            if stop.is_set():
-                return
-            item = (f"{client.name}.{n}", f"{client.name} says {n}")
-            while True:
-                try:
-                    await client.publish_all([item], window=1, on_ack=ledger)
-                    break
-                except ServerError as error:  # refused while Redis switches: send it again
-                    if error.frame.get("code") != "unavailable":
-                        raise
-                    await asyncio.sleep(PACE)
-            await asyncio.sleep(PACE)
-
     async with asyncio.timeout(45), asyncio.TaskGroup() as group:
         for writer in writers.values():
-            group.create_task(write(writer))
+            group.create_task(keep_writing(writer, ledger, stop, PACE))
         await ledger.wait_for_acks(len(ledger.acks) + BEFORE_KILL)
         await asyncio.to_thread(cluster.kill, dead)
         killed = time.monotonic()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import itertools
 import json
 import subprocess
 import time
@@ -31,9 +30,9 @@ from pytest_redis.config import get_config
 
 from project.redis_config import SentinelConfig
 from realtime import redis_clients
+from tests.e2e.failover import delivered_since, keep_writing, longest_stall
 from tests.e2e.faults import Ledger, ReturningClient, poll_until
 from tests.e2e.servers import FORBIDDEN_PORTS, Http, SpawnPod, Stack, free_port, history
-from tests.e2e.wsclient import ServerError
 
 pytestmark = pytest.mark.e2e
 
@@ -169,31 +168,6 @@ def broker_put(config: SentinelConfig, body: str) -> None:
         queue.close()
 
 
-def _message_times(client: ReturningClient, room: str) -> list[float]:
-    return sorted(
-        at
-        for conn in client.conns
-        for frame, at in zip(conn.frames, conn.arrived, strict=True)
-        if frame.get("type") == "message" and frame.get("room") == room
-    )
-
-
-def delivered_since(client: ReturningClient, room: str, since: float) -> bool:
-    return any(at > since for at in _message_times(client, room))
-
-
-def longest_stall(client: ReturningClient, room: str, around: float) -> float:
-    """The longest wait between two deliveries to the client, among those spanning `around`
-    (the kill): from the last delivery before it to the first after, and on."""
-    times = _message_times(client, room)
-    before = [t for t in times if t <= around]
-    after = [t for t in times if t > around]
-    assert before, f"{client.name} got nothing before the kill"
-    assert after, f"{client.name} got nothing after the kill"
-    spans = [after[0] - before[-1]] + [b - a for a, b in itertools.pairwise(after)]
-    return max(spans)
-
-
 async def test_a_sentinel_failover_loses_repeats_and_reorders_nothing(
     stack: Stack,
     spawn_pod: SpawnPod,
@@ -232,24 +206,9 @@ async def test_a_sentinel_failover_loses_repeats_and_reorders_nothing(
 
     stop = asyncio.Event()
 
-    async def write(client: ReturningClient) -> None:
-        for n in itertools.count():
-            if stop.is_set():
-                return
-            item = (f"{client.name}.{n}", f"{client.name} says {n}")
-            while True:
-                try:
-                    await client.publish_all([item], window=1, on_ack=ledger)
-                    break
-                except ServerError as error:  # refused while Redis switches: send it again
-                    if error.frame.get("code") != "unavailable":
-                        raise
-                    await asyncio.sleep(PACE)
-            await asyncio.sleep(PACE)
-
     async with asyncio.timeout(50), asyncio.TaskGroup() as group:
         for client in writers:
-            group.create_task(write(client))
+            group.create_task(keep_writing(client, ledger, stop, PACE))
         await ledger.wait_for_acks(BEFORE_KILL)
         await asyncio.to_thread(sentinels.kill_master)
         killed = time.monotonic()
