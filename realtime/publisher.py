@@ -18,9 +18,8 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 
 from realtime.process import get_process
-from realtime.tasks import spawn
+from realtime.tasks import answer_each, spawn
 from web.actions import Outgoing, SentMessage, do_send_messages
-from web.errors import ApiError
 
 # Each batch on the thread pool with its own pooled connection.
 send_messages = database_sync_to_async(do_send_messages, thread_sensitive=False)
@@ -86,26 +85,10 @@ class Publisher:
     async def _store(self, batch: list[Waiting], rooms: set[int]) -> None:
         try:
             # Looked up here, not bound at import: tests wrap it to watch the batches.
-            results = await send_messages([o for o, _ in batch])
-        except Exception as error:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
-        else:
-            for (_, future), result in zip(batch, results, strict=True):
-                if future.done():
-                    continue
-                if isinstance(result, ApiError):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+            await answer_each([f for _, f in batch], send_messages([o for o, _ in batch]))
         finally:
             self.in_flight -= 1
             self.busy.difference_update(rooms)
-            # After a cancel (the loop shutting down) nobody may hang.
-            for _, future in batch:
-                if not future.done():
-                    future.cancel()
             self._start_batches()
 
 

@@ -14,9 +14,8 @@ import asyncio
 from django.contrib.auth.models import User
 
 from realtime.process import get_process
-from realtime.tasks import spawn
+from realtime.tasks import answer_each, spawn
 from web.access import read_in_thread
-from web.errors import ApiError
 from web.models import Room
 from web.room_checks import get_rooms_for_users
 
@@ -55,23 +54,9 @@ class RoomChecks:
 
     async def _run(self, batch: list[Waiting]) -> None:
         try:
-            answers = await aget_rooms_for_users([(user, slug) for user, slug, _ in batch])
-        except Exception as error:
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(error)
-        else:
-            for (*_, future), answer in zip(batch, answers, strict=True):
-                if future.done():
-                    continue
-                if isinstance(answer, ApiError):
-                    future.set_exception(answer)
-                else:
-                    future.set_result(answer)
+            pairs = [(user, slug) for user, slug, _ in batch]
+            await answer_each([f for *_, f in batch], aget_rooms_for_users(pairs))
         finally:
-            for *_, future in batch:
-                if not future.done():
-                    future.cancel()  # cancelled (the loop shutting down): nobody may hang
             self._start()
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from realtime.process import get_process
+from web.errors import ApiError
 
 logger = logging.getLogger(__name__)
 
@@ -45,3 +46,30 @@ def _finished(task: asyncio.Task[Any]) -> None:
     error = task.exception()
     if error is not None:
         logger.error("background task %s failed", task.get_name(), exc_info=error)
+
+
+async def answer_each(
+    futures: Sequence[asyncio.Future[Any]], call: Awaitable[Sequence[Any]]
+) -> None:
+    """Settle the futures waiting on one batched call (the publisher's, the room checks'):
+    each gets its answer, an ApiError among the answers raised to its waiter, or all get the
+    call's error; one still unanswered after that (the loop shutting down) is cancelled, so
+    nobody hangs. A future already done (its waiter gave up) is left as it is."""
+    try:
+        answers = await call
+    except Exception as error:
+        for future in futures:
+            if not future.done():
+                future.set_exception(error)
+    else:
+        for future, answer in zip(futures, answers, strict=True):
+            if future.done():
+                continue
+            if isinstance(answer, ApiError):
+                future.set_exception(answer)
+            else:
+                future.set_result(answer)
+    finally:
+        for future in futures:
+            if not future.done():
+                future.cancel()
