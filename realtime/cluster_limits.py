@@ -139,9 +139,7 @@ class ClusterLimits:
             )
         # A Cluster client of its own (the package makes it from the seed nodes), with the
         # same timeouts; the password goes as an option, not in the URL it may print.
-        options = redis_clients.limits_options()
-        for pool_only in ("max_connections", "timeout"):
-            options.pop(pool_only)
+        options = redis_clients.cluster_options(redis_clients.limits_options())
         seeds = ",".join(f"{host}:{port}" for host, port in cluster.nodes)
         if cluster.password:
             options["password"] = cluster.password

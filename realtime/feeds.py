@@ -302,15 +302,19 @@ class RedisTransport(Transport):
         if client is not None:
             await client.aclose()
 
-    def send(self, items: Sequence[tuple[str, bytes]]) -> None:
+    def sync_publisher(self) -> Any:
+        """The pooled client publishing from any thread, made on first use."""
         with self._publisher_lock:
             if self._publisher is None:
                 self._publisher = redis_clients.publisher(self.url)
-        if len(items) <= 1:
-            if items:
-                self._queue(self._publisher, *items[0])
+            return self._publisher
+
+    def send(self, items: Sequence[tuple[str, bytes]]) -> None:
+        publisher = self.sync_publisher()
+        if len(items) == 1:
+            self._queue(publisher, *items[0])
             return
-        with self._publisher.pipeline(transaction=False) as pipe:
+        with publisher.pipeline(transaction=False) as pipe:
             for channel, data in items:
                 self._queue(pipe, channel, data)
             pipe.execute()
@@ -318,8 +322,7 @@ class RedisTransport(Transport):
     def send_each(self, items: Sequence[tuple[str, bytes]]) -> list[bool]:
         """Send in one round trip and say which Redis took: on a Cluster one shard may be
         down while the others answer. Raises when none could be sent."""
-        self.send([])  # makes the publisher
-        with self._publisher.pipeline(transaction=False) as pipe:
+        with self.sync_publisher().pipeline(transaction=False) as pipe:
             for channel, data in items:
                 self._queue(pipe, channel, data)
             answers = pipe.execute(raise_on_error=False)

@@ -82,7 +82,7 @@ def _master(
     return sentinels.master_for(config.master, password=config.password, **options, **extra)
 
 
-def _cluster_options(options: dict[str, Any]) -> dict[str, Any]:
+def cluster_options(options: dict[str, Any]) -> dict[str, Any]:
     # RedisCluster takes its connection settings as keyword arguments. Not a pool's bound: its
     # pools never wait for a free connection but fail at once, which a burst of callers would
     # turn into errors; what it holds is bounded by its callers (run_scripts bounds its own).
@@ -95,7 +95,7 @@ def async_client(url: str, **options: Any) -> AsyncRedis:
         return redis.asyncio.RedisCluster(
             startup_nodes=[redis.asyncio.cluster.ClusterNode(h, p) for h, p in cluster.nodes],
             password=cluster.password,
-            **_cluster_options(options),
+            **cluster_options(options),
         )
     config = redis_config.sentinel_of(url)
     if config is None:
@@ -114,7 +114,7 @@ def sync_client(url: str, **options: Any) -> SyncRedis:
                 for h, p in cluster.nodes
             ],
             password=cluster.password,
-            **_cluster_options(options),
+            **cluster_options(options),
         )
     config = redis_config.sentinel_of(url)
     if config is None:

@@ -276,20 +276,17 @@ class ShardedTransport(RedisTransport):
     def send_each(self, items: Sequence[tuple[str, bytes]]) -> list[bool]:
         """One pipeline per master: redis-py fails a Cluster pipeline as a whole when one of
         its nodes is down, which would keep the other shards' broadcasts waiting with it."""
-        self.send([])  # makes the publisher
+        publisher = self.sync_publisher()
         by_master: dict[str, list[int]] = defaultdict(list)
         for i, (channel, _) in enumerate(items):
-            node = self._publisher.get_node_from_key(channel)
+            node = publisher.get_node_from_key(channel)
             by_master[node.name if node is not None else ""].append(i)
         taken = [False] * len(items)
         for indexes in by_master.values():
             try:
-                with self._publisher.pipeline(transaction=False) as pipe:
-                    for i in indexes:
-                        self._queue(pipe, *items[i])
-                    answers = pipe.execute(raise_on_error=False)
+                answers = super().send_each([items[i] for i in indexes])
             except REDIS_ERRORS:
                 continue  # that master is down: its broadcasts wait
-            for i, answer in zip(indexes, answers, strict=True):
-                taken[i] = not isinstance(answer, Exception)
+            for i, ok in zip(indexes, answers, strict=True):
+                taken[i] = ok
         return taken
