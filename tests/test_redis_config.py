@@ -95,30 +95,8 @@ def test_celery_broker_is_kombus_sentinel_transport() -> None:
     )
 
 
-def test_a_bad_mix_stops_the_start_up(tmp_path: Path) -> None:
-    """The settings module itself refuses it: `manage.py check` exits with the message."""
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "DJANGO_SETTINGS_MODULE": "project.settings",
-        "SECRET_KEY": "x" * 50,
-        "REDIS_URL": "redis://127.0.0.1:1/0",
-        "REDIS_SENTINELS": "127.0.0.1:2",
-        "REDIS_SENTINEL_MASTER": "mymaster",
-    }
-    done = subprocess.run(
-        [sys.executable, "manage.py", "check"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode != 0
-    assert "ImproperlyConfigured: set one of REDIS_URL and REDIS_SENTINELS" in done.stderr
-
-
-def _settings_with(extra: dict[str, str], code: str) -> subprocess.CompletedProcess[str]:
+def _run_with(extra: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    """Python with these settings in a clean environment (the settings read them at import)."""
     env = {
         "PATH": "/usr/bin:/bin",
         "DJANGO_SETTINGS_MODULE": "project.settings",
@@ -126,7 +104,7 @@ def _settings_with(extra: dict[str, str], code: str) -> subprocess.CompletedProc
         **extra,
     }
     return subprocess.run(
-        [sys.executable, "-c", f"import django; django.setup(); {code}"],
+        [sys.executable, *argv],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -134,6 +112,22 @@ def _settings_with(extra: dict[str, str], code: str) -> subprocess.CompletedProc
         timeout=60,
         check=False,
     )
+
+
+def _settings_with(extra: dict[str, str], code: str) -> subprocess.CompletedProcess[str]:
+    return _run_with(extra, "-c", f"import django; django.setup(); {code}")
+
+
+def test_a_bad_mix_stops_the_start_up(tmp_path: Path) -> None:
+    """The settings module itself refuses it: `manage.py check` exits with the message."""
+    mix = {
+        "REDIS_URL": "redis://127.0.0.1:1/0",
+        "REDIS_SENTINELS": "127.0.0.1:2",
+        "REDIS_SENTINEL_MASTER": "mymaster",
+    }
+    done = _run_with(mix, "manage.py", "check")
+    assert done.returncode != 0
+    assert "ImproperlyConfigured: set one of REDIS_URL and REDIS_SENTINELS" in done.stderr
 
 
 def test_sentinel_settings_give_the_broker_and_the_layer(tmp_path: Path) -> None:
