@@ -11,6 +11,8 @@ uvicorn's and websockets' unchanged:
 - what is the same for every connection of a server (config, app, loop, logger,
   ...) is kept once, so an instance has few enough attributes for Python's compact
   layout instead of a dict of its own;
+- keepalive pings are due on one timer per server, not a timer handle per socket
+  (uvloop's handle and its bound callback: about 540 bytes each);
 - once the handshake is done it lets go of the handshake request and response,
   and of the request's headers in the ASGI scope. The ASGI app reads headers at
   connect (realtime/auth.py) and nowhere after, and every copy of the scope shares
@@ -108,6 +110,52 @@ class Gate:
         return True
 
 
+class Pinger:
+    """When each socket of a server sends its next keepalive ping, served by one timer.
+
+    Every socket waits the same interval (less its last round trip) between pings, so
+    sockets enrolled later are due later, give or take a round trip: the dict, in
+    enrolment order, is in due order near enough for each tick to stop at the first socket
+    not due yet. A ping is thus at most one tick late (TICK, or a quarter of the interval
+    when that is shorter). asyncio has no shared timer wheel to hand this to.
+    """
+
+    TICK = 1.0
+
+    __slots__ = ("due", "loop", "tick", "timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float | None) -> None:
+        self.loop = loop
+        self.tick = min(self.TICK, (interval or self.TICK) / 4)
+        self.due: dict[Any, float] = {}  # protocol -> loop time of its next ping
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, proto: Any, delay: float) -> None:
+        self.due.pop(proto, None)  # re-enrolled at the end, where its new time belongs
+        self.due[proto] = self.loop.time() + delay
+        if self.timer is None:
+            self.timer = self.loop.call_later(self.tick, self._ping_due)
+
+    def discard(self, proto: Any) -> None:
+        self.due.pop(proto, None)
+
+    def _ping_due(self) -> None:
+        self.timer = None
+        now, ready = self.loop.time(), []
+        for proto, at in self.due.items():
+            if at > now:
+                break
+            ready.append(proto)
+        for proto in ready:
+            del self.due[proto]
+            try:
+                proto.send_keepalive_ping()
+            except Exception:  # one socket's failure is not every other socket's
+                proto.logger.exception("keepalive ping failed")
+        if self.due:
+            self.timer = self.loop.call_later(self.tick, self._ping_due)
+
+
 @dataclass(slots=True, eq=False)
 class Shared:
     """What the base class's __init__ copies onto every connection, the same for all of one
@@ -123,6 +171,7 @@ class Shared:
     server_state: ServerState
     ping_interval: float | None
     ping_timeout: float | None
+    pinger: Pinger
     close_timeout: float = 10.0
 
     @property
@@ -195,6 +244,14 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         if not was_open and self.handshake_complete:
             self.forget_handshake()
 
+    def schedule_ping(self) -> None:
+        assert self.ping_interval is not None  # noqa: S101 -- as the base class has it
+        self.shared.pinger.add(self, max(0.0, self.ping_interval - self.last_ping_rtt))
+
+    def stop_keepalive(self) -> None:
+        self.shared.pinger.discard(self)
+        super().stop_keepalive()
+
     def forget_handshake(self) -> None:
         """Drop what only the handshake needed (about 5 KB a socket)."""
         request = getattr(self, "request", None)
@@ -215,10 +272,11 @@ def _share(
 ) -> Shared:
     if not config.loaded:
         config.load()
+    loop = loop or asyncio.get_event_loop()
     return Shared(
         config=config,
         app=config.loaded_app,
-        loop=loop or asyncio.get_event_loop(),
+        loop=loop,
         logger=logging.getLogger("uvicorn.error"),
         root_path=config.root_path,
         asgi_version=config.asgi_version,
@@ -226,6 +284,7 @@ def _share(
         server_state=server_state,
         ping_interval=config.ws_ping_interval,
         ping_timeout=config.ws_ping_timeout,
+        pinger=Pinger(loop, config.ws_ping_interval),
     )
 
 

@@ -163,6 +163,49 @@ async def test_keepalive_pings_are_answered() -> None:
         assert await ws.recv() == "echo:still"
 
 
+async def test_one_timer_pings_every_socket_and_a_silent_one_is_closed() -> None:
+    # Three answering clients and one that completes the handshake and then never reads:
+    # every answering socket is pinged again and again from the server's one Pinger (no
+    # timer handle of its own), the silent one misses its pong and is failed with 1011,
+    # and a closed socket leaves the Pinger.
+    loop = asyncio.get_running_loop()
+    app = Echo()
+    async with (
+        serving(app, ws_ping_interval=0.2, ws_ping_timeout=0.4) as (url, server),
+        connect(url) as a,
+        connect(url) as b,
+        connect(url) as c,
+    ):
+        sock = socket.socket()
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", int(url.split(":")[2].split("/")[0])))
+        client = ClientProtocol(parse_uri(url), max_size=None)
+        client.send_request(client.connect())
+        await loop.sock_sendall(sock, b"".join(client.data_to_send()))
+        while client.state is not State.OPEN:
+            client.receive_data(await loop.sock_recv(sock, 65536))
+        pinger = protocols(server)[0].shared.pinger
+        rtts: dict[int, set[float]] = {}
+        for _ in range(30):
+            await asyncio.sleep(0.05)
+            for proto in protocols(server):
+                assert proto.ping_timer is None
+                rtts.setdefault(id(proto), set()).add(proto.last_ping_rtt)
+        assert len(app.disconnects) == 1  # the silent client: keepalive ping timeout
+        answering = protocols(server)
+        assert len(answering) == 3
+        # Each answered several pings (a new round trip each time) over 1.5 s at 0.2 s.
+        assert all(len(rtts[id(p)] - {0.0}) >= 3 for p in answering)
+        assert set(pinger.due) <= set(answering)
+        for ws in (a, b, c):
+            await ws.send("still")
+            assert (await ws.recv()) == "echo:still"
+        sock.close()
+        await a.close()
+        await asyncio.sleep(0.1)
+        assert len(pinger.due) <= 2
+
+
 async def test_inbox_hands_items_over_in_order_and_survives_a_cancelled_get() -> None:
     inbox = Inbox()
     getter = asyncio.ensure_future(inbox.get())
