@@ -340,6 +340,9 @@ BACKFILL_BATCH = env.int("BACKFILL_BATCH", default=500)
 # once (realtime/publisher.py); each in-flight one holds a pooled database connection.
 PUBLISH_BATCH_MAX = env.int("PUBLISH_BATCH_MAX", default=100)
 PUBLISH_IN_FLIGHT = env.int("PUBLISH_IN_FLIGHT", default=2)
+# Publishes one socket may have waiting for their ack; past it the server reads no more of
+# that socket until one is answered (realtime/consumers.py).
+SOCKET_PUBLISHES_IN_FLIGHT = env.int("SOCKET_PUBLISHES_IN_FLIGHT", default=32)
 
 # Structured logs (project/logs.py): one JSON object per line with the request or connection
 # id, or readable lines (LOG_FORMAT=console, the default with DEBUG, as in `make run`).

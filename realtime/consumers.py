@@ -7,6 +7,7 @@ layer's `listen` and are handled by realtime/user_events.py's methods.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,7 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from project import logs, metrics, redis_config
-from realtime import drain, limits, protocol, publisher, recheck
+from realtime import drain, limits, protocol, recheck
 from realtime.catchup import NotificationStream, RoomStream, Stream
 from realtime.deadlines import db, sweep_connections
 from realtime.groups import room_group, user_group
@@ -38,11 +39,12 @@ from realtime.protocol import (
     Typing,
     Unsubscribe,
 )
+from realtime.publishing import Publishes
 from realtime.room_checks import check_room
 from realtime.tasks import spawn
 from realtime.user_events import UserEvents
 from realtime.wire import writer_for
-from web.actions import Outgoing, do_read, do_typing
+from web.actions import do_read, do_typing
 from web.errors import ApiError, RateLimited
 
 if TYPE_CHECKING:  # for hints only: sockets reach models through access helpers and actions
@@ -61,6 +63,9 @@ CLOSE_SERVICE_RESTART = 1012  # the process is draining; reconnect (elsewhere) w
 send_typing = sync_to_async(do_typing, thread_sensitive=False)
 mark_read = database_sync_to_async(do_read)
 
+# A backing service failing: the frame is answered `unavailable`, to be sent again.
+SERVICE_ERRORS = (DatabaseError, *redis_config.ERRORS, TimeoutError, ConnectionError)
+
 # Frames received by type, each label looked up once; binary, too large or unparsable: invalid.
 RECEIVED = {
     kind: metrics.WS_FRAMES_RECEIVED.labels(kind.__struct_config__.tag) for kind in COMMANDS
@@ -68,13 +73,13 @@ RECEIVED = {
 INVALID = metrics.WS_FRAMES_RECEIVED.labels("invalid")
 
 
-class ChatConsumer(UserEvents, AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is untyped
+class ChatConsumer(Publishes, UserEvents, AsyncWebsocketConsumer):  # type: ignore[misc]  # channels is untyped
     # Events reach sockets through the channel layer's fanout extension (realtime/layer.py),
     # not a channel per consumer: __call__ below reads no channel.
 
-    # Handling a frame (a publish being stored, say); the drain waits for its answer.
+    # Handling a frame; the drain waits for its answer, and for every publish's (`acks`).
     busy = False
-    restart_due = False  # the drain asked while busy: close once the frame is answered
+    restart_due = False  # the drain asked while busy: close once the frames are answered
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """AsyncConsumer.__call__ for a consumer with no channel layer, one message at a time.
@@ -97,6 +102,9 @@ class ChatConsumer(UserEvents, AsyncWebsocketConsumer):  # type: ignore[misc]  #
                     self.busy = False
                 if self.restart_due:
                     self.restart()
+                if self.acks is not None and len(self.acks) >= settings.SOCKET_PUBLISHES_IN_FLIGHT:
+                    # Read no more of this socket until one of its publishes is answered.
+                    await asyncio.wait(self.acks, return_when=asyncio.FIRST_COMPLETED)
         except StopConsumer:
             pass
         finally:
@@ -231,44 +239,30 @@ class ChatConsumer(UserEvents, AsyncWebsocketConsumer):  # type: ignore[misc]  #
                 await self.subscribe_notifications(command)
             elif isinstance(command, Ping):
                 await self.send(protocol.dumps({"type": "pong", "ref": command.ref}))
-        except protocol.ProtocolError as error:
+        except Exception as error:  # _refuse re-raises what is not a refusal
+            await self._refuse(error, command, ref)
+
+    async def _refuse(self, error: Exception, command: Command | None, ref: str | None) -> None:
+        """Answer a frame that failed with the error frame its failure calls for; anything
+        that is not a refusal nor a backing service failing is a bug, raised again."""
+        if isinstance(error, protocol.ProtocolError):
             if command is None:
                 INVALID.inc()
             await self.send(protocol.error_frame(error.code, error.message, error.ref))
-        except RateLimited as error:
+        elif isinstance(error, RateLimited):
             await self.send(protocol.error_frame(error.code, error.message, ref))
             if not self.limits.strike():
                 await self.close(code=CLOSE_POLICY)
-        except ApiError as error:
+        elif isinstance(error, ApiError):
             await self.send(protocol.error_frame(error.code, error.message, ref))
-        except (DatabaseError, *redis_config.ERRORS, TimeoutError, ConnectionError) as error:
-            logger.warning("a backing service failed while handling a frame", exc_info=True)
+        elif isinstance(error, SERVICE_ERRORS):
+            logger.warning("a backing service failed while handling a frame", exc_info=error)
             err = protocol.unavailable(command, error)
             await self.send(protocol.error_frame(err.code, err.message, ref))
             if isinstance(error, DatabaseError):
                 sweep_connections()
-
-    async def publish(self, command: Publish) -> None:
-        if not await self.limits.allow_publish():
-            raise RateLimited("too many messages; slow down")
-        room = await self._room(command.room)
-        member = bool(getattr(room, "is_member", False))
-        sent = await db(
-            publisher.publish(
-                Outgoing(self.user, room, command.body, command.client_msg_id, member)
-            )
-        )
-        # Posting joined it: later publishes skip the membership insert. Set here, on the
-        # event loop that owns `room`, not on the storing thread.
-        room.is_member = True  # type: ignore[attr-defined]  # aget_room_for_user's annotation
-        ack = {
-            "type": "ack",
-            "ref": command.ref,
-            "room": room.slug,
-            "seq": sent.message.seq,
-            "client_msg_id": sent.message.client_msg_id,
-        }
-        await self.send(protocol.dumps(ack))
+        else:
+            raise error
 
     async def subscribe(self, command: Subscribe) -> None:
         room = self._remember(await db(check_room(self.user, command.room)))
@@ -329,7 +323,7 @@ class ChatConsumer(UserEvents, AsyncWebsocketConsumer):  # type: ignore[misc]  #
         """The process is draining: close with 1012 now, or once the frame in hand is answered
         (a publish received before the close is stored and acked, or refused, never half-done).
         """
-        if self.busy:
+        if self.busy or self.acks:
             self.restart_due = True
             return
         self.restart_due = False

@@ -39,6 +39,11 @@ class Publisher:
 
     async def publish(self, outgoing: Outgoing) -> SentMessage:
         """Store one publish (with the others waiting) and return its result."""
+        return await self.enqueue(outgoing)
+
+    def enqueue(self, outgoing: Outgoing) -> asyncio.Future[SentMessage]:
+        """Queue one publish now, behind those queued before it for its room; the future
+        gets its result once it is stored."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[SentMessage] = loop.create_future()
         queue = self.waiting.setdefault(outgoing.room.pk, [])
@@ -51,7 +56,7 @@ class Publisher:
             # Later in this turn of the loop: publishes read in the same turn go together.
             self.start_scheduled = loop
             loop.call_soon(self._start_batches)
-        return await future
+        return future
 
     def _start_batches(self) -> None:
         self.start_scheduled = None
@@ -95,3 +100,8 @@ class Publisher:
 async def publish(outgoing: Outgoing) -> SentMessage:
     """Store one publish through this process's publisher."""
     return await get_process().publisher.publish(outgoing)
+
+
+def enqueue(outgoing: Outgoing) -> asyncio.Future[SentMessage]:
+    """Queue one publish with this process's publisher (see Publisher.enqueue)."""
+    return get_process().publisher.enqueue(outgoing)
