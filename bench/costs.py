@@ -1,14 +1,16 @@
 """What one scenario-1 step costs a target, per message and per delivery (docs/performance.md).
 
     python -m bench.costs --rate 500 [--target product] [--duration 20] [--py-spy .venv/bin/py-spy]
+    python -m bench.costs --rate 1600 --rooms 100 --connections 1000 --publishers 20   # scenario 3
 
 Starts its own Redis and PostgreSQL (durable, as bench/services.py runs them) and one
 server, drives it with chat-loadtest as scenario 1 does (200 subscribers, 10 publishers,
-one room), and over the measured window reads: the CPU of the server, PostgreSQL and
-Redis (bench/cpu.py); PostgreSQL's commits, WAL records, WAL writes and fsyncs
-(pg_stat_database, pg_stat_wal); Redis' commands by name (INFO commandstats). With
---py-spy it samples the server over the same window and lists the frames with the most
-self time, as shares of the samples and as microseconds per delivery.
+one room; other shapes with --rooms, --connections, --publishers), and over the measured
+window reads: the CPU of the server, PostgreSQL and Redis (bench/cpu.py); PostgreSQL's
+commits, WAL records, WAL writes and fsyncs (pg_stat_database, pg_stat_wal); Redis'
+commands by name (INFO commandstats). With --py-spy it samples the server over the same
+window and lists the frames with the most self time, as shares of the samples and as
+microseconds per delivery.
 """
 
 from __future__ import annotations
@@ -104,6 +106,11 @@ def main() -> int:
         "--target", default="product", choices=("product", "socketio", "floor", "ceiling")
     )
     parser.add_argument("--duration", type=float, default=20.0, help="the measured seconds")
+    # Scenario 1's room shape by default; scenario 3's: --rooms 100 --connections 1000
+    # --publishers 20.
+    parser.add_argument("--rooms", type=int, default=1)
+    parser.add_argument("--connections", type=int, default=200, help="subscribers, all rooms")
+    parser.add_argument("--publishers", type=int, default=10)
     parser.add_argument("--py-spy", help="a py-spy executable: sample the server")
     parser.add_argument("--top", type=int, default=25, help="frames to list")
     parser.add_argument(
@@ -125,7 +132,9 @@ def main() -> int:
             conn.execute("CREATE EXTENSION pg_stat_statements")
         services.manage("migrate", "--noinput")
         tokens = services.tmp / "tokens.json"
-        services.manage("provision_load", "--users", "400", "--rooms", "1", "--out", str(tokens))
+        users = str(2 * (args.connections + args.publishers))
+        rooms = str(args.rooms)
+        services.manage("provision_load", "--users", users, "--rooms", rooms, "--out", str(tokens))
         (server,) = services.start_servers(args.target, 1)
         wait_for_quiet()  # a shared machine: another benchmark would count as this one
         ready, report = results / "ready", results / "report.json"
@@ -133,8 +142,9 @@ def main() -> int:
         load = subprocess.Popen(
             [
                 str(BIN / "chat-loadtest"),
-                *("--url", server.url, "--tokens", str(tokens), "--rooms", "1"),
-                *("--connections", "200", "--publishers", "10", "--rate", str(args.rate)),
+                *("--url", server.url, "--tokens", str(tokens), "--rooms", rooms),
+                *("--connections", str(args.connections), "--publishers", str(args.publishers)),
+                *("--rate", str(args.rate)),
                 *("--duration", str(args.duration), "--warmup", str(warmup), "--procs", "2"),
                 *("--connect-rate", "500", "--max-pending", "100"),
                 *("--json", str(report), "--ready-file", str(ready), "--quiet"),
@@ -178,7 +188,8 @@ def main() -> int:
         services.stop()
     delivery = data["delivery"]
     seconds = cpu.get("window_s", args.duration)
-    messages = delivery["deliveries_per_s"] * seconds / 200  # each message reaches 200
+    # Each message reaches its room's subscribers.
+    messages = delivery["deliveries_per_s"] * seconds / (args.connections / args.rooms)
     deliveries = delivery["deliveries_per_s"] * seconds
     result: dict[str, Any] = {
         "target": args.target,
