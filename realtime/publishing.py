@@ -2,7 +2,9 @@
 
 The consumer (realtime/consumers.py mixes this in) reads a socket's frames one at a
 time; a publish is queued with this process's publisher (realtime/publisher.py) while
-its frame is handled, and answered by a task of its own when stored. The socket's next
+its frame is handled, and answered from the stored future's callback: the ack written
+through the socket's writer (realtime/wire.py) like a fan-out frame, no task nor ASGI
+send per publish (only a refusal, rare, takes a task: its answer is async). The next
 frames are read meanwhile, so one client's publishes share the publisher's batches
 instead of each waiting for the previous one's commit: with PostgreSQL's fsync, a
 socket that waited for every ack could publish only as fast as commits come back.
@@ -13,12 +15,17 @@ messages to a room get seqs in the order sent (and acks in that order too).
 from __future__ import annotations
 
 import asyncio
-import logging
+import contextlib
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
+
+from project import metrics
 from realtime import protocol, publisher
-from realtime.deadlines import db
+from realtime.deadlines import DatabaseTimeout
 from realtime.protocol import Command, Publish
+from realtime.tasks import spawn
+from realtime.wire import Writer, text_frame
 from web.actions import Outgoing, SentMessage
 from web.errors import RateLimited
 
@@ -26,25 +33,21 @@ if TYPE_CHECKING:
     from realtime.limits import ConnectionLimits
     from web.models import Room
 
-logger = logging.getLogger(__name__)
-
 
 class Publishes:
-    """ChatConsumer's publish handler and the tasks answering its publishes."""
+    """ChatConsumer's publish handler, and the answers to its publishes."""
 
-    # This socket's publishes being stored (their answering tasks); the consumer reads no
-    # more of the socket while SOCKET_PUBLISHES_IN_FLIGHT are, and its drain waits for them.
-    acks: set[asyncio.Task[None]] | None = None
+    # This socket's publishes being stored; the consumer reads no more of the socket while
+    # SOCKET_PUBLISHES_IN_FLIGHT are, and its drain waits for them.
+    acks: set[asyncio.Future[SentMessage]] | None = None
 
     if TYPE_CHECKING:  # set and defined by ChatConsumer
         user: Any
         busy: bool
         restart_due: bool
         limits: ConnectionLimits
+        writer: Writer
 
-        async def send(
-            self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False
-        ) -> None: ...
         async def _room(self, slug: str) -> Room: ...
         async def _refuse(
             self, error: Exception, command: Command | None, ref: str | None
@@ -56,41 +59,63 @@ class Publishes:
             raise RateLimited("too many messages; slow down")
         room = await self._room(command.room)
         member = bool(getattr(room, "is_member", False))
-        # Queued now, so this socket's publishes to a room are stored in the order sent;
-        # answered when stored, by a task of its own (see `acks`).
+        # Queued now, so this socket's publishes to a room are stored in the order sent.
         stored = publisher.enqueue(
             Outgoing(self.user, room, command.body, command.client_msg_id, member)
         )
         if self.acks is None:
             self.acks = set()
-        task = asyncio.get_running_loop().create_task(self._ack(command, room, stored))
-        self.acks.add(task)
-        task.add_done_callback(self._acked)
+        self.acks.add(stored)
+        # The database deadline (realtime/deadlines.py): past it the client is told to
+        # publish again, and the publish is not stored if it has not been taken yet.
+        deadline = asyncio.get_running_loop().call_later(
+            settings.DATABASE_DEADLINE_SECONDS, _expire, stored
+        )
+        stored.add_done_callback(lambda done: self._answer(command, room, done, deadline))
 
-    async def _ack(self, command: Publish, room: Room, stored: asyncio.Future[SentMessage]) -> None:
-        try:
-            sent = await db(stored)
-        except Exception as error:  # _refuse re-raises what is not a refusal
-            await self._refuse(error, command, command.ref)
-            return
-        # Posting joined it: later publishes skip the membership insert. Set here, on the
-        # event loop that owns `room`, not on the storing thread.
-        room.is_member = True  # type: ignore[attr-defined]  # aget_room_for_user's annotation
-        ack = {
-            "type": "ack",
-            "ref": command.ref,
-            "room": room.slug,
-            "seq": sent.message.seq,
-            "client_msg_id": sent.message.client_msg_id,
-        }
-        await self.send(protocol.dumps(ack))
-
-    def _acked(self, task: asyncio.Task[None]) -> None:
+    def _answer(
+        self,
+        command: Publish,
+        room: Room,
+        stored: asyncio.Future[SentMessage],
+        deadline: asyncio.TimerHandle,
+    ) -> None:
+        deadline.cancel()
         if self.acks is not None:
-            self.acks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            error = task.exception()
-            if not isinstance(error, OSError):  # the client left: it resends unacked ones
-                logger.error("answering a publish failed", exc_info=error)
+            self.acks.discard(stored)
+        if stored.cancelled():
+            pass  # the process is stopping (realtime.tasks.answer_each): the client resends
+        elif (error := stored.exception()) is not None:
+            spawn(self._refused(error, command), name="publish refused")
+        else:
+            sent = stored.result()
+            # Posting joined it: later publishes skip the membership insert. Set here, on
+            # the event loop that owns `room`, not on the storing thread.
+            room.is_member = True  # type: ignore[attr-defined]  # aget_room_for_user's annotation
+            text = protocol.dumps(
+                {
+                    "type": "ack",
+                    "ref": command.ref,
+                    "room": room.slug,
+                    "seq": sent.message.seq,
+                    "client_msg_id": sent.message.client_msg_id,
+                }
+            )
+            # Behind the fan-out frames queued for this socket, in this turn's one write. A
+            # socket too far behind to take it is being closed as too slow: the client
+            # publishes again with the same client_msg_id and gets the same ack.
+            self.writer.write(text_frame(text), text)
+            metrics.WS_FRAMES_SENT.inc()
         if self.restart_due and not self.busy:
             self.restart()
+
+    async def _refused(self, error: BaseException, command: Publish) -> None:
+        if not isinstance(error, Exception):
+            raise error
+        with contextlib.suppress(OSError):  # the client left: it resends what was not acked
+            await self._refuse(error, command, command.ref)
+
+
+def _expire(stored: asyncio.Future[SentMessage]) -> None:
+    if not stored.done():
+        stored.set_exception(DatabaseTimeout("the database did not answer in time"))

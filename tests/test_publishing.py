@@ -104,3 +104,30 @@ async def test_the_drain_closes_a_socket_once_its_publishes_are_acked(
     await closing
     assert await Message.objects.acount() == 5
     await socket.comm.disconnect()
+
+
+@override_settings(DATABASE_DEADLINE_SECONDS=0.1)
+async def test_a_publish_not_stored_by_the_deadline_is_answered_unavailable(
+    general: Room, alice: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real, sizes = publisher.send_messages, []
+
+    async def first_one_slow(batch: list[actions.Outgoing]) -> Any:
+        sizes.append(len(batch))
+        if len(sizes) == 1:
+            await asyncio.sleep(0.3)  # past the deadline
+        return await real(batch)
+
+    monkeypatch.setattr(publisher, "send_messages", first_one_slow)
+    socket = await open_socket("alice")
+    await socket.send(frame(0))
+    refused = await socket.recv()
+    assert (refused["type"], refused["code"], refused["ref"]) == ("error", "unavailable", "p0")
+    await asyncio.sleep(0.4)  # the batch it was in is stored meanwhile
+    await socket.send(frame(0))  # the retry the error asks for: the same message, once
+    ack = await socket.recv()
+    assert (ack["type"], ack["ref"], ack["seq"]) == ("ack", "p0", 1)
+    assert sizes == [1, 1]
+    assert await Message.objects.acount() == 1
+    assert not socket.pending
+    await socket.comm.disconnect()
