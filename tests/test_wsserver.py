@@ -72,6 +72,23 @@ async def serving(app: App, **options: Any) -> AsyncIterator[tuple[str, uvicorn.
         sock.close()
 
 
+async def raw_client(url: str, receive_buffer: int = 0) -> tuple[socket.socket, ClientProtocol]:
+    """An open websocket from websockets' sans-I/O client on a plain socket: nothing reads
+    for it unless the test does."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    if receive_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", int(url.split(":")[2].split("/")[0])))
+    client = ClientProtocol(parse_uri(url), max_size=None)
+    client.send_request(client.connect())
+    await loop.sock_sendall(sock, b"".join(client.data_to_send()))
+    while client.state is not State.OPEN:
+        client.receive_data(await loop.sock_recv(sock, 65536))
+    return sock, client
+
+
 def protocols(server: uvicorn.Server) -> list[WebSocketProtocol]:
     return [p for p in server.server_state.connections if isinstance(p, WebSocketProtocol)]
 
@@ -125,15 +142,7 @@ async def test_a_reader_that_falls_behind_holds_sends_back_and_loses_nothing() -
     # that nothing reads ahead for it.
     loop = asyncio.get_running_loop()
     async with serving(Echo()) as (url, server):
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # no autotuning
-        sock.setblocking(False)
-        await loop.sock_connect(sock, ("127.0.0.1", int(url.split(":")[2].split("/")[0])))
-        client = ClientProtocol(parse_uri(url), max_size=None)
-        client.send_request(client.connect())
-        await loop.sock_sendall(sock, b"".join(client.data_to_send()))
-        while client.state is not State.OPEN:
-            client.receive_data(await loop.sock_recv(sock, 65536))
+        sock, client = await raw_client(url, receive_buffer=65536)  # no autotuning
         (proto,) = protocols(server)
         server_sock = proto.transport.get_extra_info("socket")
         server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
@@ -166,9 +175,8 @@ async def test_keepalive_pings_are_answered() -> None:
 async def test_one_timer_pings_every_socket_and_a_silent_one_is_closed() -> None:
     # Three answering clients and one that completes the handshake and then never reads:
     # every answering socket is pinged again and again from the server's one Pinger (no
-    # timer handle of its own), the silent one misses its pong and is failed with 1011,
+    # timer handle of its own), the silent one misses its pong and is closed (1011),
     # and a closed socket leaves the Pinger.
-    loop = asyncio.get_running_loop()
     app = Echo()
     async with (
         serving(app, ws_ping_interval=0.2, ws_ping_timeout=0.4) as (url, server),
@@ -176,14 +184,7 @@ async def test_one_timer_pings_every_socket_and_a_silent_one_is_closed() -> None
         connect(url) as b,
         connect(url) as c,
     ):
-        sock = socket.socket()
-        sock.setblocking(False)
-        await loop.sock_connect(sock, ("127.0.0.1", int(url.split(":")[2].split("/")[0])))
-        client = ClientProtocol(parse_uri(url), max_size=None)
-        client.send_request(client.connect())
-        await loop.sock_sendall(sock, b"".join(client.data_to_send()))
-        while client.state is not State.OPEN:
-            client.receive_data(await loop.sock_recv(sock, 65536))
+        sock, _client = await raw_client(url)
         pinger = protocols(server)[0].shared.pinger
         rtts: dict[int, set[float]] = {}
         for _ in range(30):
