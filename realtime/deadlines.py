@@ -26,12 +26,29 @@ class DatabaseTimeout(DatabaseError):
     """A database call outlived DATABASE_DEADLINE_SECONDS (a hung server answers nothing)."""
 
 
+TIMED_OUT = "the database did not answer in time"
+
+
 async def db(call: Awaitable[T]) -> T:
     """Await a database call, but no longer than the deadline: a client always gets an answer."""
     try:
         return await asyncio.wait_for(call, timeout=settings.DATABASE_DEADLINE_SECONDS)
     except TimeoutError:
-        raise DatabaseTimeout("the database did not answer in time") from None
+        raise DatabaseTimeout(TIMED_OUT) from None
+
+
+def deadline(future: asyncio.Future[T]) -> asyncio.TimerHandle:
+    """The same bound for a future answered by a callback rather than awaited (a timer, not
+    a task, per call): still pending at the deadline, it fails with DatabaseTimeout. Cancel
+    the handle once the future is done."""
+    return asyncio.get_running_loop().call_later(
+        settings.DATABASE_DEADLINE_SECONDS, _expire, future
+    )
+
+
+def _expire(future: asyncio.Future[T]) -> None:
+    if not future.done():
+        future.set_exception(DatabaseTimeout(TIMED_OUT))
 
 
 def sweep_connections() -> None:

@@ -18,11 +18,9 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from django.conf import settings
-
 from project import metrics
 from realtime import protocol, publisher
-from realtime.deadlines import DatabaseTimeout
+from realtime.deadlines import deadline
 from realtime.protocol import Command, Publish
 from realtime.tasks import spawn
 from realtime.wire import Writer, text_frame
@@ -66,22 +64,20 @@ class Publishes:
         if self.acks is None:
             self.acks = set()
         self.acks.add(stored)
-        # The database deadline (realtime/deadlines.py): past it the client is told to
-        # publish again, and the publish is not stored if it has not been taken yet.
-        deadline = asyncio.get_running_loop().call_later(
-            settings.DATABASE_DEADLINE_SECONDS, _expire, stored
-        )
-        stored.add_done_callback(lambda done: self._answer(command, room, done, deadline))
+        # Past the database deadline the client is told to publish again, and the publish
+        # is not stored if no batch has taken it yet (the publisher skips done futures).
+        timer = deadline(stored)
+        stored.add_done_callback(lambda done: self._answer(command, room, done, timer))
 
     def _answer(
         self,
         command: Publish,
         room: Room,
         stored: asyncio.Future[SentMessage],
-        deadline: asyncio.TimerHandle,
+        timer: asyncio.TimerHandle,
     ) -> None:
-        deadline.cancel()
-        if self.acks is not None:
+        timer.cancel()
+        if self.acks is not None:  # always set by publish(); the check is for the type
             self.acks.discard(stored)
         if stored.cancelled():
             pass  # the process is stopping (realtime.tasks.answer_each): the client resends
@@ -114,8 +110,3 @@ class Publishes:
             raise error
         with contextlib.suppress(OSError):  # the client left: it resends what was not acked
             await self._refuse(error, command, command.ref)
-
-
-def _expire(stored: asyncio.Future[SentMessage]) -> None:
-    if not stored.done():
-        stored.set_exception(DatabaseTimeout("the database did not answer in time"))
