@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import time
 import uuid
-import weakref
 from typing import Any
 
+import pytest
 from django.test import override_settings
 
 from realtime import limits
@@ -24,16 +23,26 @@ def a_connection(user: UserState | None = None) -> ConnectionLimits:
     return ConnectionLimits(user or UserState(f"unit-{uuid.uuid4().hex[:8]}"))
 
 
-def storage_of(counters: Counters) -> weakref.ref[object]:
-    assert counters.limiter is not None, "nothing was counted"
-    return weakref.ref(counters.limiter.storage)
+class Clock:
+    """The monotonic clock the counters read, moved by hand: no sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
-async def away_from_a_second_boundary() -> None:
-    """The package counts in wall-clock seconds: a burst straddling a 1 s window's edge
-    would get into the next window and through. Never waits more than 0.1 s."""
-    if time.time() % 1 > 0.9:
-        await asyncio.sleep(1 - time.time() % 1)
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(limits, "monotonic", clock)
+    return clock
+
+
+def live_counters() -> int:
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if type(o) is Counters)
 
 
 @override_settings(PUBLISH_RATE=0.001, PUBLISH_BURST=3.0, **ROOMY_USER)
@@ -43,12 +52,32 @@ async def test_a_burst_is_allowed_then_refused() -> None:
 
 
 @override_settings(PUBLISH_RATE=3.0, PUBLISH_BURST=3.0, **ROOMY_USER)
-async def test_the_budget_comes_back_as_its_window_passes() -> None:
+async def test_the_budget_comes_back_as_its_window_passes(clock: Clock) -> None:
     conn = a_connection()  # 3 per 1 s
-    await away_from_a_second_boundary()
     assert [await conn.allow_publish() for _ in range(4)] == [True, True, True, False]
-    await asyncio.sleep(1.05)  # the package reads time.time(): no clock to advance instead
-    assert await conn.allow_publish()
+    clock.now += 1.5  # half into the next window: half the burst's 3 hits still count
+    assert [await conn.allow_publish() for _ in range(3)] == [True, True, False]
+
+
+def test_a_window_slides_rather_than_resets(clock: Clock) -> None:
+    counters = Counters()  # 4 per 2 s: windows [1000, 1002), [1002, 1004), ...
+    assert [counters.hit("publish", 2, 4) for _ in range(5)] == [True] * 4 + [False]
+    # Half into the next window, half the previous window's 4 hits still count: 2 more.
+    clock.now += 3.0
+    assert [counters.hit("publish", 2, 4) for _ in range(3)] == [True, True, False]
+    # A quarter into the next, the previous window's 2 weigh 1.5, counted as 1: 3 more.
+    clock.now += 1.5
+    assert [counters.hit("publish", 2, 4) for _ in range(4)] == [True] * 3 + [False]
+    # Two windows later nothing is remembered: the whole burst again.
+    clock.now += 4.0
+    assert [counters.hit("publish", 2, 4) for _ in range(5)] == [True] * 4 + [False]
+
+
+def test_each_kind_has_its_own_window(clock: Clock) -> None:
+    counters = Counters()
+    assert [counters.hit("publish", 0.001, 1) for _ in range(2)] == [True, False]
+    assert counters.hit("typing", 0.001, 1)
+    assert counters.hit("strikes", 0.001, 1)
 
 
 @override_settings(TYPING_RATE=0.001, TYPING_BURST=2.0)
@@ -88,20 +117,25 @@ async def test_the_refusal_after_the_last_strike_closes_the_connection() -> None
 
 async def test_an_idle_connection_keeps_no_counters() -> None:
     conn = a_connection()
-    assert conn.own.limiter is None
-    assert conn.user.own.limiter is None
+    assert conn.own is None
+    assert conn.user.own is None
+
+
+async def test_counting_starts_no_task() -> None:
+    before = len(asyncio.all_tasks())
+    assert await a_connection().allow_publish()
+    assert len(asyncio.all_tasks()) == before
 
 
 async def test_a_closed_connection_leaves_no_counters_behind() -> None:
     user_id = f"unit-{uuid.uuid4().hex[:8]}"
+    before = live_counters()
     user = await limits.connect(user_id)
     assert user is not None
     conn = ConnectionLimits(user)
     assert await conn.allow_publish()
-    kept = [storage_of(conn.own), storage_of(user.own)]
+    assert live_counters() == before + 2  # the connection's and the user's
     limits.disconnect(user_id)  # what the consumer does when its socket closes
     del conn, user
-    await asyncio.sleep(0)  # the package's expiry sweep, a task, lets go of its storage
-    gc.collect()
     assert user_id not in get_process().users
-    assert [ref() for ref in kept] == [None, None]
+    assert live_counters() == before
