@@ -23,6 +23,7 @@ from django.conf import settings
 from project import metrics
 from project.redis_config import ERRORS as REDIS_ERRORS
 from realtime import redis_clients
+from realtime.pubsub_connection import PubSubConnection
 from realtime.rebroadcast import Rebroadcast
 from realtime.tasks import spawn
 
@@ -126,7 +127,8 @@ class RedisTransport(Transport):
         return [KEEPALIVE, *self.sink.wanted()]
 
     async def _connect(self) -> None:
-        self.pubsub = redis_clients.feed_client(self.url).pubsub()
+        address = await redis_clients.feed_address(self.url)
+        self.pubsub = await PubSubConnection.open(address, self._handle)
         loop = asyncio.get_running_loop()
         channels = self._wanted()
         for channel in channels:
@@ -134,7 +136,7 @@ class RedisTransport(Transport):
             waiter = self.confirmed.get(channel)
             if waiter is None or waiter.done():
                 self.confirmed[channel] = loop.create_future()
-        await self.pubsub.subscribe(*channels)
+        self.pubsub.send("SUBSCRIBE", *channels)
 
     async def subscribe(self, channel: str) -> None:
         async with self.lock:
@@ -156,10 +158,10 @@ class RedisTransport(Transport):
         await asyncio.wait_for(asyncio.shield(waiter), timeout=settings.FEED_JOIN_TIMEOUT_SECONDS)
 
     async def _subscribe_command(self, channel: str) -> None:
-        await self.pubsub.subscribe(channel)
+        self.pubsub.send("SUBSCRIBE", channel)
 
     async def _unsubscribe_command(self, channel: str) -> None:
-        await self.pubsub.unsubscribe(channel)
+        self.pubsub.send("UNSUBSCRIBE", channel)
 
     def unsubscribe(self, channel: str) -> None:
         spawn(self._unsubscribe(channel), name="redis fan-out unsubscribe")
@@ -181,13 +183,10 @@ class RedisTransport(Transport):
                 logger.info("redis fan-out unsubscribe failed; the reconnect drops it")
 
     async def _consume(self) -> None:
-        """Read the feed until it fails (it never ends otherwise)."""
-        while True:
-            # Short waits rather than one endless read, so health checks run.
-            item = await self.pubsub.get_message(timeout=1.0)
-            if item is not None:
-                self.backoff = 0.1
-                self._handle(item)
+        """Wait while the connection delivers (to `_handle`, from its protocol) until it is
+        lost (it never ends otherwise)."""
+        self.backoff = 0.1
+        await self.pubsub.wait_lost()
 
     async def _read(self) -> None:
         self.backoff = 0.1
@@ -222,16 +221,16 @@ class RedisTransport(Transport):
             await self._connect()
 
     async def _disconnect(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.pubsub.aclose()
+        if self.pubsub is not None:
+            self.pubsub.close()
 
-    def _handle(self, item: dict[str, Any]) -> None:
-        kind = item["type"]
-        channel = item["channel"].decode()
-        if kind == "message":
-            self.sink.deliver(channel, item["data"])
-        elif kind == "subscribe":
-            waiter = self.confirmed.get(channel)
+    def _handle(self, reply: list[Any]) -> None:
+        """One push from the connection: [kind, channel, data or count]."""
+        kind = reply[0]
+        if kind == b"message":
+            self.sink.deliver(reply[1].decode(), reply[2])
+        elif kind == b"subscribe":
+            waiter = self.confirmed.get(reply[1].decode())
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
 

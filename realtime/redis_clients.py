@@ -1,9 +1,10 @@
 """Every Redis client the realtime code makes, with its timeouts in one place.
 
 Three uses, each bounded to suit it (the numbers are settings):
-- the event feed's pub/sub connection (realtime/feeds.py): it reads for ever,
-  so reads may wait REDIS_FEED_TIMEOUT_SECONDS and a health check PINGs a
-  quiet connection, which is how a dead server shows up;
+- the event feed's pub/sub connection (realtime/pubsub_connection.py, not a
+  redis-py client: `feed_address` says where it goes): it reads for ever, a
+  health check PINGs it when quiet and it is given up after
+  REDIS_FEED_TIMEOUT_SECONDS of silence, which is how a dead server shows up;
 - publishers (the channel layer's broadcasts): a PUBLISH holds an action's
   thread or a coroutine, so it gives up after REDIS_PUBLISH_TIMEOUT_SECONDS
   and the broadcast is retried in the background;
@@ -26,13 +27,16 @@ is sharded and keeps one connection per master (realtime/sharded_feed.py).
 from __future__ import annotations
 
 import asyncio
+import ssl
 import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
+import redis.asyncio.connection
 import redis.asyncio.sentinel
 import redis.cluster
 import redis.sentinel
@@ -66,8 +70,16 @@ def _common() -> dict[str, Any]:
 def _master(
     sentinel_class: Any, config: redis_config.SentinelConfig, options: dict[str, Any], **extra: Any
 ) -> Any:
-    """A client of the master the sentinels name (its pool asks them on each new connection).
-    The sentinels' own connections get the same socket timeouts, and their password if any."""
+    """A client of the master the sentinels name (its pool asks them on each new connection)."""
+    sentinels = _sentinels(sentinel_class, config, options)
+    return sentinels.master_for(config.master, password=config.password, **options, **extra)
+
+
+def _sentinels(
+    sentinel_class: Any, config: redis_config.SentinelConfig, options: dict[str, Any]
+) -> Any:
+    """The Sentinel object of this configuration. The sentinels' own connections get the
+    same socket timeouts, and their password if any."""
     sentinel = {name: value for name, value in options.items() if name.startswith("socket_")}
     key = (config, tuple(sorted(sentinel.items())))
     if sentinel_class is redis.sentinel.Sentinel:
@@ -79,7 +91,7 @@ def _master(
         sentinels = known[key] = sentinel_class(
             config.nodes, sentinel_kwargs={**sentinel, "password": config.sentinel_password}
         )
-    return sentinels.master_for(config.master, password=config.password, **options, **extra)
+    return sentinels
 
 
 def cluster_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -123,21 +135,47 @@ def sync_client(url: str, **options: Any) -> SyncRedis:
     return client
 
 
-def node_client(host: str, port: int, url: str) -> redis.asyncio.Redis:
-    """For the pub/sub connection to one master of a Cluster (realtime/sharded_feed.py): the
-    feed's timeouts and the cluster's password."""
-    cluster = redis_config.cluster_of(url)
-    return redis.asyncio.Redis(
-        host=host,
-        port=port,
-        password=cluster.password if cluster else None,
-        socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT_SECONDS,
-        socket_timeout=settings.REDIS_FEED_TIMEOUT_SECONDS,
-        # No silent reconnect: a lost connection must break the feed, whose rebuild reads the
-        # topology again and has every socket catch up.
-        retry=Retry(NoBackoff(), 0),
-        **_common(),
+@dataclass(frozen=True)
+class Address:
+    """Where the feed's own pub/sub connection goes and how it logs in
+    (realtime/pubsub_connection.py)."""
+
+    host: str = "localhost"
+    port: int = 6379
+    path: str | None = None  # a unix socket's
+    username: str | None = None
+    password: str | None = None
+    ssl: ssl.SSLContext | None = None
+
+
+async def feed_address(url: str) -> Address:
+    """Where the event feed of REDIS_URL connects: the server of the URL (redis-py parses it,
+    TLS options included), or the master the sentinels name now."""
+    config = redis_config.sentinel_of(url)
+    if config is not None:
+        timeout = {"socket_connect_timeout": settings.REDIS_CONNECT_TIMEOUT_SECONDS}
+        sentinels = _sentinels(redis.asyncio.sentinel.Sentinel, config, timeout)
+        host, port = await sentinels.discover_master(config.master)
+        return Address(host, int(port), password=config.password)
+    options: dict[str, Any] = dict(redis.asyncio.connection.parse_url(url))
+    context = None
+    if options.pop("connection_class", None) is redis.asyncio.SSLConnection:
+        # The TLS context redis-py would make of the URL's ssl_* parameters.
+        context = redis.asyncio.SSLConnection(**options).ssl_context.get()
+    return Address(
+        host=options.get("host", "localhost"),
+        port=int(options.get("port", 6379)),
+        path=options.get("path"),
+        username=options.get("username"),
+        password=options.get("password"),
+        ssl=context,
     )
+
+
+def node_address(host: str, port: int, url: str) -> Address:
+    """For the pub/sub connection to one master of a Cluster (realtime/sharded_feed.py)."""
+    cluster = redis_config.cluster_of(url)
+    return Address(host, port, password=cluster.password if cluster else None)
 
 
 async def run_scripts(
@@ -162,7 +200,7 @@ async def run_scripts(
 
 
 def feed_client(url: str) -> AsyncRedis:
-    """For the pub/sub connection that reads every event this process follows."""
+    """For the sharded feed's view of a Cluster's topology (which master owns which slot)."""
     return async_client(
         url,
         socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT_SECONDS,

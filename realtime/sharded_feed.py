@@ -46,6 +46,7 @@ from project import metrics
 from project.redis_config import ERRORS as REDIS_ERRORS
 from realtime import redis_clients
 from realtime.feeds import KEEPALIVE, RedisTransport
+from realtime.pubsub_connection import Handler, PubSubConnection
 from realtime.tasks import spawn
 
 logger = logging.getLogger(__name__)
@@ -56,23 +57,28 @@ class FeedBroken(ConnectionError):
 
 
 class Shard:
-    """The pub/sub connection to one master, and the task reading it."""
+    """The pub/sub connection to one master (made on its first subscription), and the task
+    waiting for it to be lost."""
 
-    def __init__(self, name: str, host: str, port: int, url: str):
+    def __init__(self, name: str, address: redis_clients.Address, handler: Handler):
         self.name = name
-        self.client = redis_clients.node_client(host, port, url)
-        self.pubsub: Any = self.client.pubsub()
+        self.address = address
+        self.handler = handler
+        self.pubsub: PubSubConnection | None = None
         self.reader: asyncio.Task[None] | None = None
+
+    async def send(self, *command: str) -> None:
+        if self.pubsub is None:
+            self.pubsub = await PubSubConnection.open(self.address, self.handler)
+        self.pubsub.send(*command)
 
     async def close(self) -> None:
         if self.reader is not None and self.reader is not asyncio.current_task():
             self.reader.cancel()
             with contextlib.suppress(BaseException):
                 await self.reader
-        with contextlib.suppress(Exception):
-            await self.pubsub.aclose()
-        with contextlib.suppress(Exception):
-            await self.client.aclose()
+        if self.pubsub is not None:
+            self.pubsub.close()
 
 
 class ShardedTransport(RedisTransport):
@@ -100,7 +106,7 @@ class ShardedTransport(RedisTransport):
             await cluster.initialize()
             self.broken = asyncio.get_running_loop().create_future()
             self.shards = {
-                node.name: Shard(node.name, node.host, int(node.port), self.url)
+                node.name: self._new_shard(node.name, node.host, int(node.port))
                 for node in cluster.get_primaries()
             }
             # The base class's "connected" mark: its unsubscribe and close look at it.
@@ -126,7 +132,7 @@ class ShardedTransport(RedisTransport):
             shard = self._shard_of(channel, add=True)
             by_slot[shard.name, key_slot(channel.encode())].append(channel)
         for (name, _slot), names in by_slot.items():
-            await self.shards[name].pubsub.ssubscribe(*names)
+            await self.shards[name].send("SSUBSCRIBE", *names)
             self.placed.update((channel, name) for channel in names)
 
     def _start_reading(self, shard: Shard) -> None:
@@ -143,8 +149,11 @@ class ShardedTransport(RedisTransport):
         if shard is None:
             if not add:
                 raise FeedBroken(f"no feed connection to the master of {channel}")
-            shard = self.shards[node.name] = Shard(node.name, node.host, int(node.port), self.url)
+            shard = self.shards[node.name] = self._new_shard(node.name, node.host, int(node.port))
         return shard
+
+    def _new_shard(self, name: str, host: str, port: int) -> Shard:
+        return Shard(name, redis_clients.node_address(host, port, self.url), self._handle)
 
     def _keepalive(self, name: str) -> str:
         """A channel on the shard `name`, so its connection always has a subscription."""
@@ -161,12 +170,11 @@ class ShardedTransport(RedisTransport):
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _read_shard(self, shard: Shard) -> None:
+        """Wait while the shard's connection delivers (to `_handle`) until it is lost."""
         try:
-            while True:
-                item = await shard.pubsub.get_message(timeout=1.0)
-                if item is not None:
-                    self.backoff = 0.1
-                    self._handle(item)
+            assert shard.pubsub is not None  # noqa: S101 -- subscribed before reading
+            self.backoff = 0.1
+            await shard.pubsub.wait_lost()
         except asyncio.CancelledError:
             raise
         except BaseException:
@@ -195,7 +203,7 @@ class ShardedTransport(RedisTransport):
                     await self._subscribe_all(lost)
                     new = [self.shards[name] for name in set(self.shards) - known]
                     for shard in new:
-                        await shard.pubsub.ssubscribe(self._keepalive(shard.name))
+                        await shard.send("SSUBSCRIBE", self._keepalive(shard.name))
                 except asyncio.CancelledError:
                     raise
                 except Exception:
@@ -219,16 +227,17 @@ class ShardedTransport(RedisTransport):
         if self.broken is not None and not self.broken.done():
             self.broken.set_exception(error)
 
-    def _handle(self, item: dict[str, Any]) -> None:
-        kind = item["type"]
-        channel = item["channel"].decode()
-        if kind == "smessage":
-            self.sink.deliver(channel, item["data"])
-        elif kind == "ssubscribe":
+    def _handle(self, reply: list[Any]) -> None:
+        kind = reply[0]
+        if kind == b"smessage":
+            self.sink.deliver(reply[1].decode(), reply[2])
+            return
+        channel = reply[1].decode()
+        if kind == b"ssubscribe":
             waiter = self.confirmed.get(channel)
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
-        elif kind == "sunsubscribe" and channel in self.confirmed:
+        elif kind == b"sunsubscribe" and channel in self.confirmed:
             # Not asked for (an unsubscribe forgets the channel first): its slot moved.
             self._break(FeedBroken(f"Redis unsubscribed {channel}: its slot moved"))
 
@@ -244,17 +253,17 @@ class ShardedTransport(RedisTransport):
                 # The rebuild subscribes it (it is wanted) and resolves the caller's wait.
                 self._break(error)
                 return
-        await shard.pubsub.ssubscribe(channel)
+        await shard.send("SSUBSCRIBE", channel)
         self.placed[channel] = shard.name
         if shard.reader is None:  # a master new here: keep its connection subscribed
-            await shard.pubsub.ssubscribe(self._keepalive(shard.name))
+            await shard.send("SSUBSCRIBE", self._keepalive(shard.name))
             self._start_reading(shard)
 
     async def _unsubscribe_command(self, channel: str) -> None:
         name = self.placed.pop(channel, None)
         shard = self.shards.get(name) if name is not None else None
         if shard is not None:
-            await shard.pubsub.sunsubscribe(channel)
+            await shard.send("SUNSUBSCRIBE", channel)
 
     async def _disconnect(self) -> None:
         if self.mending is not None and self.mending is not asyncio.current_task():
