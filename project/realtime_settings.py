@@ -53,7 +53,9 @@ FANOUT_WRITE_DELAY_SECONDS = env.float("FANOUT_WRITE_DELAY_SECONDS", default=0.0
 
 # Redis clients (realtime/redis_clients.py): how long each kind of call may wait.
 REDIS_CONNECT_TIMEOUT_SECONDS = env.float("REDIS_CONNECT_TIMEOUT_SECONDS", default=5.0)
-# The pub/sub connection's reads; a quiet connection is PINGed every REDIS_HEALTH_CHECK_SECONDS.
+# The pub/sub feed (realtime/pubsub_connection.py): PINGed when quiet for
+# REDIS_HEALTH_CHECK_SECONDS, given up (reconnected, sockets catch up) after
+# REDIS_FEED_TIMEOUT_SECONDS without a reply.
 REDIS_FEED_TIMEOUT_SECONDS = env.float("REDIS_FEED_TIMEOUT_SECONDS", default=15.0)
 REDIS_HEALTH_CHECK_SECONDS = env.int("REDIS_HEALTH_CHECK_SECONDS", default=10)
 # A PUBLISH (then the broadcast is retried every REBROADCAST_SECONDS).
