@@ -48,6 +48,13 @@ FANOUT_LATENCY = Histogram(
     "From a stored event's commit to its frame being written to this process's sockets",
     buckets=LATENCY_BUCKETS,
 )
+_GC_PAUSE = Histogram(
+    "chat_gc_pause_seconds",
+    "Pauses of Python's cyclic garbage collector (the event loop stops), by generation",
+    ["generation"],
+    buckets=LATENCY_BUCKETS,
+)
+GC_PAUSE = [_GC_PAUSE.labels(str(generation)) for generation in range(3)]
 CATCHUPS = Counter("chat_catchups", "Catch-ups of a socket from the database (backfills)")
 RESYNCS = Counter("chat_resyncs", "Streams a client was told to subscribe again to (resync)")
 FEED_RECONNECTS = Counter("chat_feed_reconnects", "Reconnects of the Redis pub/sub feed")

@@ -30,3 +30,7 @@ CHANNEL_LAYERS = {
         "CONFIG": {"url": None, "expiry": 60.0, "capacity": 100},
     }
 }
+
+# The test run is one long process: nothing it made at some test's lifespan startup is frozen
+# for the rest of the run (tests/test_garbage.py turns it on where it checks it).
+GC_FREEZE = False

@@ -7,8 +7,8 @@ draining (realtime/drain.py), and the readiness check's Redis client (realtime/h
 live here rather than in module globals; the channel layer (realtime/layer.py: groups,
 subscriptions, Redis connections) is the other per-process object, which Channels keeps.
 The ASGI lifespan (`lifespan` below, routed in project/asgi.py) installs the drain's
-SIGTERM handler at startup; its shutdown closes both objects: uvicorn runs it after the
-last connection is gone.
+SIGTERM handler and sets the garbage collector (realtime/garbage.py) at startup; its
+shutdown closes both objects: uvicorn runs it after the last connection is gone.
 """
 
 from __future__ import annotations
@@ -101,12 +101,14 @@ async def close_process() -> None:
 async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """The ASGI lifespan protocol: at startup, take over SIGTERM for the drain; at shutdown,
     close what the process keeps."""
+    from realtime import garbage
     from realtime.drain import install
 
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
             install()
+            garbage.tune()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             try:
