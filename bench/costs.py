@@ -8,9 +8,10 @@ server, drives it with chat-loadtest as scenario 1 does (200 subscribers, 10 pub
 one room; other shapes with --rooms, --connections, --publishers), and over the measured
 window reads: the CPU of the server, PostgreSQL and Redis (bench/cpu.py); PostgreSQL's
 commits, WAL records, WAL writes and fsyncs (pg_stat_database, pg_stat_wal); Redis'
-commands by name (INFO commandstats). With --py-spy it samples the server over the same
-window and lists the frames with the most self time, as shares of the samples and as
-microseconds per delivery.
+commands by name (INFO commandstats); the server's read and write system calls per
+delivery (/proc/<pid>/io) and, for the product, its garbage collector's pauses (its
+/metrics). With --py-spy it samples the server over the same window and lists the frames
+with the most self time, as shares of the samples and as microseconds per delivery.
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ import argparse
 import json
 import subprocess
 import tempfile
+import threading
+import urllib.request
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.cpu import measure_window, others_cores, wait_for_quiet
 from bench.services import BIN, ROOT, Services
@@ -99,6 +103,37 @@ def self_time(raw: Path) -> tuple[Counter[str], Counter[str]]:
     return leaves, files
 
 
+def syscalls(pid: int) -> dict[str, int]:
+    """The process's read and write system calls so far (/proc/<pid>/io: syscr, syscw)."""
+    with open(f"/proc/{pid}/io") as io:
+        fields = dict(line.split(": ") for line in io.read().splitlines())
+    return {"reads": int(fields["syscr"]), "writes": int(fields["syscw"])}
+
+
+def gc_pauses(port: int) -> dict[str, float]:
+    """The product's garbage collector so far (`chat_gc_pause_seconds`, realtime/garbage.py):
+    per generation, its collections, their seconds, and those over 50 ms."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "chat_gc_pause_seconds":
+            continue
+        for sample in family.samples:
+            generation = sample.labels.get("generation")
+            if sample.name.endswith("_count"):
+                found[f"{generation} collections"] = sample.value
+            elif sample.name.endswith("_sum"):
+                found[f"{generation} seconds"] = sample.value
+            elif sample.name.endswith("_bucket") and sample.labels.get("le") == "0.05":
+                found[f"{generation} within 50 ms"] = sample.value
+    for generation in "012":
+        within = found.pop(f"{generation} within 50 ms", 0.0)
+        found[f"{generation} over 50 ms"] = found.get(f"{generation} collections", 0.0) - within
+    return found
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rate", type=float, required=True, help="messages/s, all publishers")
@@ -163,6 +198,12 @@ def main() -> int:
                 pg_counters(services.pg_port),
                 redis_commands(services.redis_port),
             )
+            before["syscalls"] = syscalls(server.pid)
+            if args.target == "product":
+                # Aside: a busy server may take a while to answer, and the window opens now.
+                threading.Thread(
+                    target=lambda: before.__setitem__("gc", gc_pauses(server.port)), daemon=True
+                ).start()
             if args.py_spy:
                 # Only samples that hold the GIL: a thread waiting in C (the event loop's
                 # epoll, the thread pool's queue) is not CPU. --native would pause the server.
@@ -179,6 +220,8 @@ def main() -> int:
         cpu = measure_window(
             meter, ready, load, START_DELAY_S + warmup, args.duration, opened=opened
         )
+        syscalls_after = syscalls(server.pid)
+        gc_after = gc_pauses(server.port) if args.target == "product" else {}
         pg_after, redis_after = pg_counters(services.pg_port), redis_commands(services.redis_port)
         load.wait(timeout=args.duration + 120)
         if spy is not None:
@@ -205,6 +248,16 @@ def main() -> int:
             k: v / deliveries * 1e6
             for k, v in cpu.items()
             if k not in ("window_s", "machine") and deliveries
+        },
+        # The server's reads and writes (sockets, PostgreSQL, Redis): frames per write.
+        "server_syscalls_per_delivery": {
+            k: round((n - before["syscalls"][k]) / deliveries, 3)
+            for k, n in syscalls_after.items()
+            if deliveries
+        },
+        # Over the window: the garbage collector's pauses by generation (the product only).
+        "gc_pauses": {
+            k: round(v - before.get("gc", {}).get(k, 0.0), 4) for k, v in gc_after.items()
         },
         "postgres_per_message": {
             k: (pg_after[0][k] - before["pg"][0][k]) / messages for k in PG_NAMES if messages
