@@ -217,12 +217,27 @@ def main() -> int:
                     stderr=subprocess.DEVNULL,
                 )
 
+        after: dict[str, Any] = {}
+
+        def closed() -> None:
+            """At the end of the window, before the generator's sockets close."""
+            after["syscalls"] = syscalls(server.pid)
+            after["redis"] = redis_commands(services.redis_port)
+            after["pg"] = pg_counters(services.pg_port)
+            if args.target == "product":
+                after["gc"] = gc_pauses(server.port)
+
         cpu = measure_window(
-            meter, ready, load, START_DELAY_S + warmup, args.duration, opened=opened
+            meter,
+            ready,
+            load,
+            START_DELAY_S + warmup,
+            args.duration,
+            opened=opened,
+            closed=closed,
         )
-        syscalls_after = syscalls(server.pid)
-        gc_after = gc_pauses(server.port) if args.target == "product" else {}
-        pg_after, redis_after = pg_counters(services.pg_port), redis_commands(services.redis_port)
+        syscalls_after, gc_after = after["syscalls"], after.get("gc", {})
+        pg_after, redis_after = after["pg"], after["redis"]
         load.wait(timeout=args.duration + 120)
         if spy is not None:
             spy.wait(timeout=60)

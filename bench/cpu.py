@@ -107,12 +107,14 @@ def measure_window(
     window_s: float,
     poll_s: float = 0.02,
     opened: Callable[[], None] | None = None,
+    closed: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """CPU seconds per group over a generator's measured window, and the window's length.
 
     The window opens `skip_s` after the generator touches `ready` (its connections are up)
     and lasts `window_s`; {} when the generator ends before the window closes. `opened` is
-    called as it opens (to read other counters, or start a profiler).
+    called as it opens (to read other counters, or start a profiler), `closed` as it closes
+    (to read them again before the generator's connections close).
     """
     while not ready.exists():
         if proc.poll() is not None:
@@ -120,7 +122,11 @@ def measure_window(
         time.sleep(poll_s)
     time.sleep(skip_s)
     if opened is not None:
+        # What it reads takes a while on a busy machine: the window still closes when the
+        # generator stops publishing, not after (its connections closing would count).
+        began_opening = time.monotonic()
         opened()
+        window_s -= time.monotonic() - began_opening
     meter.start()
     began, machine = time.monotonic(), machine_seconds()
     while (left := began + window_s - time.monotonic()) > 0:
@@ -129,6 +135,8 @@ def measure_window(
         meter.poll()  # the generator's workers exit as soon as publishing ends
         time.sleep(min(left, 0.1))
     used = meter.read()
+    if closed is not None:
+        closed()
     # The whole machine's busy seconds too: what the groups do not explain is other work
     # sharing the cores (another benchmark, say), which makes the step's numbers suspect.
     used["machine"] = machine_seconds() - machine
