@@ -114,7 +114,7 @@ def gc_pauses(port: int) -> dict[str, float]:
     """The product's garbage collector so far (`chat_gc_pause_seconds`, realtime/garbage.py):
     per generation, its collections, their seconds, and those over 50 ms."""
     url = f"http://127.0.0.1:{port}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as response:
+    with urllib.request.urlopen(url, timeout=60) as response:
         text = response.read().decode()
     found: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
@@ -188,6 +188,7 @@ def main() -> int:
         )
         meter = services.cpu_meter([server], load.pid)
         before: dict[str, Any] = {}
+        reading: list[threading.Thread] = []
         spy: subprocess.Popen[bytes] | None = None
         raw = results / f"py-spy-{args.target}-{args.rate:g}.txt"
 
@@ -201,9 +202,13 @@ def main() -> int:
             before["syscalls"] = syscalls(server.pid)
             if args.target == "product":
                 # Aside: a busy server may take a while to answer, and the window opens now.
-                threading.Thread(
-                    target=lambda: before.__setitem__("gc", gc_pauses(server.port)), daemon=True
-                ).start()
+                reading.append(
+                    threading.Thread(
+                        target=lambda: before.__setitem__("gc", gc_pauses(server.port)),
+                        daemon=True,
+                    )
+                )
+                reading[0].start()
             if args.py_spy:
                 # Only samples that hold the GIL: a thread waiting in C (the event loop's
                 # epoll, the thread pool's queue) is not CPU. --native would pause the server.
@@ -222,10 +227,10 @@ def main() -> int:
         def closed() -> None:
             """At the end of the window, before the generator's sockets close."""
             after["syscalls"] = syscalls(server.pid)
+            if args.target == "product":  # first: the generator's sockets close soon
+                after["gc"] = gc_pauses(server.port)
             after["redis"] = redis_commands(services.redis_port)
             after["pg"] = pg_counters(services.pg_port)
-            if args.target == "product":
-                after["gc"] = gc_pauses(server.port)
 
         cpu = measure_window(
             meter,
@@ -236,6 +241,8 @@ def main() -> int:
             opened=opened,
             closed=closed,
         )
+        for thread in reading:
+            thread.join(timeout=60)
         syscalls_after, gc_after = after["syscalls"], after.get("gc", {})
         pg_after, redis_after = after["pg"], after["redis"]
         load.wait(timeout=args.duration + 120)
@@ -271,9 +278,10 @@ def main() -> int:
             if deliveries
         },
         # Over the window: the garbage collector's pauses by generation (the product only).
-        "gc_pauses": {
-            k: round(v - before.get("gc", {}).get(k, 0.0), 4) for k, v in gc_after.items()
-        },
+        # None when the reading at the window's start failed.
+        "gc_pauses": {k: round(v - before["gc"][k], 4) for k, v in gc_after.items()}
+        if "gc" in before
+        else None,
         "postgres_per_message": {
             k: (pg_after[0][k] - before["pg"][0][k]) / messages for k in PG_NAMES if messages
         },

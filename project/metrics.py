@@ -50,7 +50,8 @@ FANOUT_LATENCY = Histogram(
 )
 _GC_PAUSE = Histogram(
     "chat_gc_pause_seconds",
-    "Pauses of Python's cyclic garbage collector (the event loop stops), by generation",
+    "Collections of Python's cyclic garbage collector, start to end, by generation (the "
+    "event loop waits for the walk; finalizers it runs may let it go on meanwhile)",
     ["generation"],
     buckets=LATENCY_BUCKETS,
 )
