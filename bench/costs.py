@@ -10,8 +10,10 @@ window reads: the CPU of the server, PostgreSQL and Redis (bench/cpu.py); Postgr
 commits, WAL records, WAL writes and fsyncs (pg_stat_database, pg_stat_wal); Redis'
 commands by name (INFO commandstats); the server's read and write system calls per
 delivery (/proc/<pid>/io) and, for the product, its garbage collector's pauses (its
-/metrics). With --py-spy it samples the server over the same window and lists the frames
-with the most self time, as shares of the samples and as microseconds per delivery.
+/metrics, read over HTTP at the window's edges: with thousands of sockets, collections
+of their closing right after the window may be counted). With --py-spy it samples the
+server over the same window and lists the frames with the most self time, as shares of
+the samples and as microseconds per delivery.
 """
 
 from __future__ import annotations

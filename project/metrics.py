@@ -50,8 +50,7 @@ FANOUT_LATENCY = Histogram(
 )
 _GC_PAUSE = Histogram(
     "chat_gc_pause_seconds",
-    "Collections of Python's cyclic garbage collector, start to end, by generation (the "
-    "event loop waits for the walk; finalizers it runs may let it go on meanwhile)",
+    "Pauses of Python's cyclic garbage collector (the event loop stops), by generation",
     ["generation"],
     buckets=LATENCY_BUCKETS,
 )

@@ -3,7 +3,7 @@
 A full collection walks every object the collector tracks, and it stops the event loop
 while it does: with 1,000 subscribed sockets under scenario 3's load (100 rooms, 3,200
 messages a second) each took 120-190 ms and came every 3-5 s, longer than the whole
-latency budget (p99 <= 100 ms); with 19,000 sockets 1.5 s start to end. Measured with
+latency budget (p99 <= 100 ms); with 19,000 sockets, 1.2-2.0 s. Measured with
 `python -m bench.costs --rate 3200 --rooms 100 --connections 1000 --publishers 20`
 (docs/performance.md, "Pauses of the garbage collector").
 
