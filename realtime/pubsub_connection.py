@@ -9,10 +9,10 @@ channels, 3,000 PUBLISHes a second from another process, the reader's process CP
 30,000 messages) measured 66-74 us per message for `get_message(timeout=1.0)`, 58-60 with
 no timeout, and 22-23 for this protocol, most of which is the event loop waking up.
 
-What is not written here: RESP is parsed by hiredis (the C parser redis-py itself uses),
-and where to connect, the password and TLS come from redis-py's own URL parsing and
-Sentinel discovery (`redis_clients.feed_address`). What is: the commands a reader sends
-(AUTH, (S)SUBSCRIBE, (S)UNSUBSCRIBE, PING), and the health check, as one timer per
+What is not written here: RESP is parsed and commands packed by hiredis (the C parser
+redis-py itself uses), and where to connect, the password and TLS come from redis-py's own
+URL parsing and Sentinel discovery (`redis_clients.feed_address`). What is: which commands
+a reader sends (AUTH, (S)SUBSCRIBE, (S)UNSUBSCRIBE, PING), and the health check, as one timer per
 connection instead of per read: a connection quiet for REDIS_HEALTH_CHECK_SECONDS is
 PINGed, and one that stays silent for REDIS_FEED_TIMEOUT_SECONDS (a frozen server, a
 network that drops everything) is closed, which the feed treats as any lost connection.
@@ -36,15 +36,6 @@ from realtime.redis_clients import Address
 
 # A pub/sub reply: [kind, channel, data or count], kind e.g. b"message", b"subscribe".
 Handler = Callable[[list[Any]], None]
-
-
-def encode(*args: str | bytes) -> bytes:
-    """One command in RESP: an array of bulk strings."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg.encode() if isinstance(arg, str) else arg
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
 
 
 class PubSubConnection(asyncio.Protocol):
@@ -123,7 +114,8 @@ class PubSubConnection(asyncio.Protocol):
         """Write a command whose replies come as pushes ((S)SUBSCRIBE and the like)."""
         if self.transport is None or self.transport.is_closing():
             raise RedisConnectionError("the feed connection is closed")
-        self.transport.write(encode(*args))
+        # hiredis' stub types the command as a 1-tuple; any length packs.
+        self.transport.write(hiredis.pack_command(args))  # type: ignore[arg-type]
 
     async def call(self, *args: str | bytes) -> Any:
         """A command with one plain reply (before subscribing: AUTH)."""
