@@ -50,18 +50,21 @@ class Window:
 
     As the `limits` package counts it: a hit is allowed while the previous window's hits,
     weighted by the part of it still inside a sliding window, plus the current's are under
-    the limit. Windows are multiples of `seconds` on the monotonic clock, not the wall's.
+    the limit. Windows follow one another from the first hit, as the package's memory
+    storage starts them: a burst is counted in one window, not split by a boundary that
+    happens to fall inside it (which would let a hit over the limit through).
     """
 
-    __slots__ = ("current", "index", "previous")
+    __slots__ = ("current", "index", "origin", "previous")
 
-    def __init__(self, index: int) -> None:
-        self.index = index
+    def __init__(self, origin: float) -> None:
+        self.origin = origin  # the first hit's monotonic time
+        self.index = 0
         self.previous = 0
         self.current = 0
 
     def take(self, limit: int, seconds: int) -> bool:
-        at = monotonic() / seconds
+        at = (monotonic() - self.origin) / seconds
         index = int(at)
         if index != self.index:
             self.previous = self.current if index == self.index + 1 else 0
@@ -97,7 +100,7 @@ class Counters:
         limit, seconds = shape(rate, burst)
         counter: Window | None = getattr(self, kind)
         if counter is None:
-            counter = Window(int(monotonic() / seconds))
+            counter = Window(monotonic())
             setattr(self, kind, counter)
         return counter.take(limit, seconds)
 

@@ -139,3 +139,11 @@ async def test_a_closed_connection_leaves_no_counters_behind() -> None:
     del conn, user
     assert user_id not in get_process().users
     assert live_counters() == before
+
+
+def test_a_burst_is_counted_in_one_window_wherever_it_starts(clock: Clock) -> None:
+    counters = Counters()  # 4 per 2 s, the window starting at the first hit
+    clock.now = 1001.99  # just before an even second: windows on the clock would split here
+    assert [counters.hit("publish", 2, 4) for _ in range(2)] == [True, True]
+    clock.now = 1002.01
+    assert [counters.hit("publish", 2, 4) for _ in range(3)] == [True, True, False]
