@@ -307,11 +307,16 @@ class ReturningClient:
             conn = await self.connection()
             batch = todo[:window]
             refs = []
-            with contextlib.suppress(ConnectionClosed):
+            try:
                 for client_msg_id, body in batch:
                     frame = {"ref": conn.new_ref(), **publish_frame(self.room, body, client_msg_id)}
                     await conn.send(frame)
                     refs.append(frame["ref"])
+            except ConnectionClosed:
+                # send() on a lost connection raises without yielding to the loop, so until
+                # the reader task has run, `closed` is unset, connection() hands back this
+                # one and this loop would spin for ever, starving every other task: wait.
+                await asyncio.wait_for(conn.closed.wait(), WAIT)
             for n, ref in enumerate(refs):
                 answer = await answer_or_none(conn, ref)
                 if answer is None:
