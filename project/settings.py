@@ -150,6 +150,11 @@ else:
         }
     }
 
+# The message store's statement is prepared once per pooled connection, not planned at every
+# batch (web/models/prepared.py). 0 behind a pooler that drops prepared statements
+# (PgBouncer in transaction mode before 1.21 or without max_prepared_statements).
+DATABASE_PREPARED_STATEMENTS = env.bool("DATABASE_PREPARED_STATEMENTS", default=True)
+
 # Marked reads to the replica when there is one; everything else to the primary.
 DATABASE_ROUTERS = ["project.db_router.ReplicaRouter"]
 # After a replica error, marked reads go to the primary for this long before trying it again.

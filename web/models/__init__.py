@@ -14,6 +14,8 @@ from django.db.models import Exists, OuterRef, Q
 from django.db.models.base import ModelState
 from django.db.models.signals import post_init, pre_init
 
+from web.models.prepared import prepared_cursor
+
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
 
@@ -159,7 +161,7 @@ class MessageManager(models.Manager["Message"]):
     def _store_in_one_statement(self, drafts: list[Draft]) -> tuple[list[Found], list[Key]]:
         """One round trip, committed on its own: the rooms' row locks are held only for this
         statement and its commit, so publishes to one room follow each other closely."""
-        with connection.cursor() as cursor:
+        with prepared_cursor() as cursor:  # planned once per connection
             cursor.execute(
                 _store_batch_sql(),
                 {
