@@ -1,4 +1,5 @@
-"""Shared fixtures: throwaway PostgreSQL and Redis servers, and the users alice, bob and charlie.
+"""Shared fixtures: throwaway PostgreSQL and Redis servers, and the users alice, bob and charlie;
+the webhooks' private-address flag and the rendered k8s/ overlays, each used by two modules.
 
 Charlie belongs to nothing: he should have no access to Alice's private rooms.
 """
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from django.contrib.auth import get_user_model
 from django.test import Client
 from django_otp import DEVICE_ID_SESSION_KEY
@@ -19,6 +21,7 @@ from pytest_postgresql import factories as pg_factories
 from pytest_redis import factories as redis_factories
 
 from realtime import events
+from tests.k8s_manifests import K8S, OVERLAYS, need, run
 from web.models import Room
 
 # PostgreSQL refuses to run as root; the wrapper runs it as the postgres user when needed.
@@ -147,3 +150,33 @@ def general(db: None) -> Room:
     # Transactional tests flush the migration-made row, so make sure it is there.
     room, _ = Room.objects.get_or_create(slug="general", defaults={"title": "General"})
     return room
+
+
+# Outgoing webhooks (tests/test_webhooks.py, tests/test_webhook_deliveries.py).
+
+
+@pytest.fixture
+def allow_private(settings: Any) -> None:
+    settings.WEBHOOK_ALLOW_PRIVATE = True
+
+
+# k8s/ rendered (tests/test_k8s.py, tests/test_k8s_monitoring.py).
+
+
+@pytest.fixture(scope="session")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each overlay rendered by `kubectl kustomize` into a file."""
+    kubectl = need("kubectl", "the machine image ships it (kubectl kustomize renders k8s/)")
+    out = tmp_path_factory.mktemp("rendered")
+    files = {}
+    for overlay in OVERLAYS:
+        result = run(kubectl, "kustomize", K8S / "overlays" / overlay)
+        assert result.returncode == 0, f"{overlay} does not render:\n{result.stderr}"
+        files[overlay] = out / f"{overlay}.yaml"
+        files[overlay].write_text(result.stdout)
+    return files
+
+
+@pytest.fixture(scope="session")
+def docs(rendered: dict[str, Path]) -> dict[str, list[dict[str, Any]]]:
+    return {o: [d for d in yaml.safe_load_all(f.read_text()) if d] for o, f in rendered.items()}

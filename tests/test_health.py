@@ -20,9 +20,9 @@ from bench.redis_cluster import RedisCluster
 from project import metrics
 from realtime import drain
 from realtime.process import close_process, get_process
-from tests.e2e.faults import frozen, redis_server, redis_url
+from tests.e2e.faults import redis_server, redis_url
+from tests.e2e.processes import frozen, postgres_pids
 from tests.e2e.servers import free_port
-from tests.e2e.test_faults_e2e import postgres_pids
 from tests.test_consumers import connect, open_socket, token_headers
 from web.models import Message, Room
 

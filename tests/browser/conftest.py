@@ -17,7 +17,8 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Dialog, Page, ViewportSize, expect
 
 from tests.e2e.conftest import stack
-from tests.e2e.servers import READY_TIMEOUT, Http, Pod, Stack, create_room_sync, manage
+from tests.e2e.http_client import Http, create_room_sync
+from tests.e2e.servers import READY_TIMEOUT, Pod, Stack, manage
 
 __all__ = ["stack"]  # the e2e stack fixture, shared with tests/e2e/ in one run
 

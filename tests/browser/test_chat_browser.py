@@ -11,7 +11,8 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import SCREENSHOT, restart_on_same_port, start_web_pod, wait_until
-from tests.e2e.servers import Http, Stack, create_room_sync
+from tests.e2e.http_client import Http, create_room_sync
+from tests.e2e.servers import Stack
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 

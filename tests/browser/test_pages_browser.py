@@ -11,7 +11,8 @@ from axe_playwright_python.sync_playwright import Axe  # type: ignore[import-unt
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from tests.browser.conftest import WAIT_MS
-from tests.e2e.servers import Http, Pod, Stack, login
+from tests.e2e.http_client import Http, login
+from tests.e2e.servers import Pod, Stack
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 

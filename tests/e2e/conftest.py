@@ -14,17 +14,15 @@ import pytest
 from pytest_redis.executor import RedisExecutor
 
 from tests.e2e.faults import ReturningClient, client_factory, redis_server
+from tests.e2e.http_client import Http, create_room_sync, login
 from tests.e2e.servers import (
     FORBIDDEN_PORTS,
-    Http,
     Pod,
     SpawnPod,
     Stack,
     base_env,
     create_database,
-    create_room_sync,
     issue_tokens,
-    login,
     manage,
     parse_demo_users,
 )

@@ -22,7 +22,8 @@ import pytest
 from django_otp.oath import TOTP
 from websockets.exceptions import ConnectionClosed
 
-from tests.e2e.servers import Http, Pod, SpawnPod, Stack, history, login
+from tests.e2e.http_client import Http, history, login
+from tests.e2e.servers import Pod, SpawnPod, Stack
 from tests.e2e.wsclient import WsClient, publish_frame
 from tests.forms import form_fields
 

@@ -26,8 +26,10 @@ from typing import Any
 import pytest
 
 from cluster.state import State
-from tests.e2e.faults import Ledger, ReturningClient, client_factory, poll_until
-from tests.e2e.servers import REPO, Http, Pod, base_env, history
+from tests.e2e.faults import Ledger, ReturningClient, client_factory
+from tests.e2e.http_client import Http, history
+from tests.e2e.processes import poll_until
+from tests.e2e.servers import REPO, Pod, base_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 

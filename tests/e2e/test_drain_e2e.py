@@ -25,7 +25,8 @@ from tests.e2e.faults import (
     answer_or_none,
     client_factory,
 )
-from tests.e2e.servers import Http, Pod, SpawnPod, Stack, history, last_seq
+from tests.e2e.http_client import Http, history, last_seq
+from tests.e2e.servers import Pod, SpawnPod, Stack
 from tests.e2e.wsclient import ServerError, WsClient, publish_frame
 
 pytestmark = pytest.mark.e2e

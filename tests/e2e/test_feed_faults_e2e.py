@@ -11,8 +11,10 @@ import time
 import pytest
 from pytest_redis.executor import RedisExecutor
 
-from tests.e2e.faults import frozen, redis_url
-from tests.e2e.servers import Http, SpawnPod, Stack
+from tests.e2e.faults import redis_url
+from tests.e2e.http_client import Http
+from tests.e2e.processes import frozen
+from tests.e2e.servers import SpawnPod, Stack
 from tests.e2e.wsclient import Sockets
 
 pytestmark = pytest.mark.e2e

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from tests.e2e.servers import Http, Pod, Stack, create_room_sync, login, unique_slug
+from tests.e2e.http_client import Http, create_room_sync, login, unique_slug
+from tests.e2e.servers import Pod, Stack
 from tests.e2e.wsclient import Sockets, WsClient
 
 pytestmark = pytest.mark.e2e

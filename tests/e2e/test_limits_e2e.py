@@ -22,7 +22,8 @@ from tests.e2e.faults import (
     redis_server,
     redis_url,
 )
-from tests.e2e.servers import Http, Pod, SpawnPod, Stack, history
+from tests.e2e.http_client import Http, history
+from tests.e2e.servers import Pod, SpawnPod, Stack
 from tests.e2e.wsclient import Sockets
 
 pytestmark = pytest.mark.e2e

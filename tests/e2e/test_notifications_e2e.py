@@ -7,7 +7,8 @@ import uuid
 
 import pytest
 
-from tests.e2e.servers import Http, Pod, Stack
+from tests.e2e.http_client import Http
+from tests.e2e.servers import Pod, Stack
 from tests.e2e.wsclient import Frame, Sockets, WsClient
 
 pytestmark = pytest.mark.e2e

@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.e2e.servers import Http, Pod, SpawnPod, Stack
+from tests.e2e.http_client import Http
+from tests.e2e.servers import Pod, SpawnPod, Stack
 from tests.e2e.wsclient import Frame, Sockets, WsClient
 
 pytestmark = pytest.mark.e2e

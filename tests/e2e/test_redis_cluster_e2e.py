@@ -30,8 +30,10 @@ from bench.redis_cluster import RedisCluster
 from realtime.groups import room_group
 from realtime.layer import GROUP_PREFIX
 from tests.e2e.failover import delivered_since, keep_writing, longest_stall
-from tests.e2e.faults import Ledger, ReturningClient, poll_until
-from tests.e2e.servers import Http, Pod, SpawnPod, Stack, create_room_sync, history
+from tests.e2e.faults import Ledger, ReturningClient
+from tests.e2e.http_client import Http, create_room_sync, history
+from tests.e2e.processes import poll_until
+from tests.e2e.servers import Pod, SpawnPod, Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -31,8 +31,10 @@ from pytest_redis.config import get_config
 from project.redis_config import SentinelConfig
 from realtime import redis_clients
 from tests.e2e.failover import delivered_since, keep_writing, longest_stall
-from tests.e2e.faults import Ledger, ReturningClient, poll_until
-from tests.e2e.servers import FORBIDDEN_PORTS, Http, SpawnPod, Stack, free_port, history
+from tests.e2e.faults import Ledger, ReturningClient
+from tests.e2e.http_client import Http, history
+from tests.e2e.processes import poll_until
+from tests.e2e.servers import FORBIDDEN_PORTS, SpawnPod, Stack, free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -279,6 +279,10 @@ def publish_frame(room: str, body: str, client_msg_id: str | None = None) -> Fra
     }
 
 
+def types(frames: list[Frame]) -> list[str]:
+    return [f["type"] for f in frames]
+
+
 def check_gap_free(
     seqs: Sequence[int], first: int, last: int, *, allow_repeats: bool = False
 ) -> None:
