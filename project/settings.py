@@ -95,6 +95,12 @@ TEMPLATES = [
     },
 ]
 
+# The message store's statement, for small batches, is prepared once per pooled connection,
+# not parsed and planned at every batch (web/models/prepared.py). 0 behind a pooler that
+# drops prepared statements (PgBouncer in transaction mode before 1.21 or without
+# max_prepared_statements).
+DATABASE_PREPARED_STATEMENTS = env.bool("DATABASE_PREPARED_STATEMENTS", default=True)
+
 # DATABASE_URL_FILE counts too: Kubernetes mounts the URL as a file (k8s/base/configmap.yaml).
 if secret("DATABASE_URL"):
     DATABASES = {"default": env.db_url("DATABASE_URL")}
@@ -149,11 +155,6 @@ else:
             "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20},
         }
     }
-
-# The message store's statement is prepared once per pooled connection, not planned at every
-# batch (web/models/prepared.py). 0 behind a pooler that drops prepared statements
-# (PgBouncer in transaction mode before 1.21 or without max_prepared_statements).
-DATABASE_PREPARED_STATEMENTS = env.bool("DATABASE_PREPARED_STATEMENTS", default=True)
 
 # Marked reads to the replica when there is one; everything else to the primary.
 DATABASE_ROUTERS = ["project.db_router.ReplicaRouter"]

@@ -10,7 +10,7 @@ from django.db import connection
 from django.test import override_settings
 
 from web.models import Draft, Message, Room
-from web.models.prepared import prepared_cursor
+from web.models.prepared import PREPARED_BATCH_MAX, prepared_cursor
 
 pytestmark = pytest.mark.django_db
 
@@ -34,6 +34,15 @@ def test_the_store_statement_is_prepared_once_and_reused(alice: Any) -> None:
     assert [(s[0].seq, s[0].body) for s in stored if isinstance(s, tuple)] == [(2, "two")]
 
 
+def test_a_large_batch_gets_a_plan_of_its_own(alice: Any) -> None:
+    room = Room.objects.create(slug="den", title="Den")
+    before = _prepared_stores()
+    drafts = [Draft(room.pk, alice.pk, f"m{n}", f"c-{n}") for n in range(PREPARED_BATCH_MAX + 1)]
+    stored = Message.objects.store_batch(drafts)
+    assert _prepared_stores() == before
+    assert [s[0].seq for s in stored if isinstance(s, tuple)] == list(range(1, len(drafts) + 1))
+
+
 @override_settings(DATABASE_PREPARED_STATEMENTS=False)
 def test_the_setting_turns_it_off(alice: Any) -> None:
     room = Room.objects.create(slug="den", title="Den")
@@ -45,7 +54,7 @@ def test_the_setting_turns_it_off(alice: Any) -> None:
 
 def test_its_errors_are_djangos() -> None:
     # Django's translation keeps store_batch's `except IntegrityError` retry working.
-    with pytest.raises(django.db.utils.ProgrammingError), prepared_cursor() as cursor:
+    with pytest.raises(django.db.utils.ProgrammingError), prepared_cursor(1) as cursor:
         cursor.execute("SELECT no_such_column FROM web_room")
 
 

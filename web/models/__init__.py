@@ -161,7 +161,7 @@ class MessageManager(models.Manager["Message"]):
     def _store_in_one_statement(self, drafts: list[Draft]) -> tuple[list[Found], list[Key]]:
         """One round trip, committed on its own: the rooms' row locks are held only for this
         statement and its commit, so publishes to one room follow each other closely."""
-        with prepared_cursor() as cursor:  # planned once per connection
+        with prepared_cursor(len(drafts)) as cursor:  # a small batch's: parsed once
             cursor.execute(
                 _store_batch_sql(),
                 {
