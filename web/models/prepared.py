@@ -64,16 +64,14 @@ def prepared_cursor(batch: int) -> CursorWrapper:
         or connection.vendor != "postgresql"
     ):
         return connection.cursor()
-    # What connection.cursor() does before it makes its own cursor.
-    connection.close_if_health_check_failed()
-    connection.ensure_connection()
-    connection.validate_thread_sharing()
+    # Django's own cursor (its connection checks, its wrapper, debug logging when on), with
+    # the psycopg cursor under it swapped for a preparing one.
+    wrapper = connection.cursor()
     conn = connection.connection
     if conn.prepare_threshold is None:
         # Django turns psycopg's preparing off unless OPTIONS asks for it, and with it
         # prepare=True. A count no other statement reaches: only this cursor's prepare.
         conn.prepare_threshold = BY_COUNT_NEVER
-    raw: Any = _PreparingCursor(conn)  # the stubs want a wrapper; Django wraps it
-    if connection.queries_logged:
-        return connection.make_debug_cursor(raw)
-    return connection.make_cursor(raw)
+    wrapper.cursor.close()  # client-side only: nothing sent to the server
+    wrapper.cursor = _PreparingCursor(conn)
+    return wrapper
