@@ -33,8 +33,8 @@ CONNECTION_REFRESH_SECONDS = env.float("CONNECTION_REFRESH_SECONDS", default=15.
 LIMITS_REDIS_TIMEOUT = env.float("LIMITS_REDIS_TIMEOUT", default=0.3)
 LIMITS_REDIS_RETRY_SECONDS = env.float("LIMITS_REDIS_RETRY_SECONDS", default=1.0)
 # A process takes this fraction of a user's burst from Redis at once and spends it without
-# asking again (realtime/limits.py Lease): fewer round trips, at the cost of up to one lease
-# per process more in a window. 0 asks Redis on every publish.
+# asking again, however long that takes (realtime/limits.py UserState): fewer round trips, at
+# the cost of up to one lease per process more in a window. 0 asks Redis on every publish.
 USER_BUDGET_LEASE = env.float("USER_BUDGET_LEASE", default=0.1)
 # The longest a socket waits on one database call before answering `unavailable`.
 DATABASE_DEADLINE_SECONDS = env.float("DATABASE_DEADLINE_SECONDS", default=10.0)

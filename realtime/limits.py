@@ -106,14 +106,6 @@ class Counters:
 
 
 @dataclass(slots=True)
-class Lease:
-    """Part of a user's shared budget taken from Redis at once, spent here without asking."""
-
-    tokens: int
-    until: float  # monotonic time: spent by then, or forgotten with Redis' window
-
-
-@dataclass(slots=True)
 class UserState:
     """A user's connections in this process, and the per-user budgets."""
 
@@ -121,7 +113,9 @@ class UserState:
     connections: int = 0
     # This process's own budgets: used without REDIS_URL, and while Redis does not answer.
     own: Counters | None = None
-    leases: dict[str, Lease] = field(default_factory=dict)
+    # Tokens of the user's shared budget taken from Redis at once (a lease), left to spend
+    # here without asking, by budget.
+    leases: dict[str, int] = field(default_factory=dict)
 
     async def allow_publish(self) -> bool:
         return await self._allow("publish", settings.USER_PUBLISH_RATE, settings.USER_PUBLISH_BURST)
@@ -133,24 +127,22 @@ class UserState:
         """The user's shared budget, spent from a lease when one is held: one Redis round
         trip per USER_BUDGET_LEASE of the burst, not per publish.
 
-        Leases never let the cluster exceed the burst within one window: what a lease takes
-        is counted in Redis at once. Across windows, tokens leased in one and spent in the
-        next add at most one lease per process to the budget of a window (leases expire with
-        the window they were taken in).
+        What a lease takes is counted in Redis when taken, in that window, so the cluster
+        lets through at most the burst per window plus, per process, the one lease it holds
+        (taken in an earlier window, spent in this one). That bound holds whatever the
+        lease's age, so a lease is kept until it is spent (or the user leaves this process):
+        a user who writes less often than once per window does not pay a round trip for
+        each message.
         """
         shared = get_cluster_limits()
         if shared is not None:
-            now = time.monotonic()
-            lease = self.leases.get(kind)
-            if lease is not None and lease.tokens > 0 and now < lease.until:
-                lease.tokens -= 1
+            if self.leases.get(kind, 0) > 0:
+                self.leases[kind] -= 1
                 return True
             want = max(1, int(burst * settings.USER_BUDGET_LEASE))
             taken = await shared.take(kind, self.user_id, rate, burst, want)
             if taken is not None:
-                if taken > 1:
-                    expiry = window(rate, burst).get_expiry()
-                    self.leases[kind] = Lease(taken - 1, now + expiry)
+                self.leases[kind] = max(0, taken - 1)
                 return taken > 0
         if self.own is None:
             self.own = Counters()

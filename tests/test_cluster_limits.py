@@ -189,6 +189,24 @@ async def test_publishes_spend_a_lease_and_redis_counts_whole_leases(redis_url: 
     await shared.aclose()
 
 
+@override_settings(USER_PUBLISH_RATE=10.0, USER_PUBLISH_BURST=10.0, USER_BUDGET_LEASE=0.5)
+async def test_a_lease_is_kept_past_its_window_until_it_is_spent(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows of 1 s and leases of 5: one publish, an hour later four more, one lease."""
+    user = a_user()
+    state = limits.UserState(user)
+    assert await state.allow_publish()
+    shared = cluster_limits.get_cluster_limits()
+    assert shared is not None
+    later = time.monotonic() + 3600
+    monkeypatch.setattr(time, "monotonic", lambda: later)
+    assert [await state.allow_publish() for _ in range(4)] == [True] * 4
+    stats = await shared.limiter.get_window_stats(window(10.0, 10.0), "publish", user)
+    assert stats.remaining == 5  # Redis was asked once (a real hour has not passed)
+    await shared.aclose()
+
+
 @override_settings(USER_PUBLISH_RATE=0.01, USER_PUBLISH_BURST=20.0, USER_BUDGET_LEASE=0.3)
 async def test_leases_on_several_processes_never_pass_the_burst(redis_url: str) -> None:
     """Three processes' states of one user, publishing in turn: 20 in all, whoever leased."""
