@@ -66,6 +66,7 @@ class Process:
             task.cancel()
         if mine:
             await asyncio.wait(mine, timeout=SHUTDOWN_WAIT)
+        self.publisher.threads.close()
         if self.cluster_limits is not None:
             with contextlib.suppress(Exception):
                 await self.cluster_limits.aclose()

@@ -6,25 +6,95 @@ process keeps at most PUBLISH_IN_FLIGHT transactions in flight; publishes that
 arrive meanwhile wait, and the next transaction stores them together, for all
 their rooms at once (web.actions.do_send_messages). A room is in at most one
 transaction at a time, so one client's publishes keep their order. Under light
-load a batch holds one publish and adds no delay.
+load a batch holds one publish and adds no delay. The batches run on the publisher's own
+threads (StoreThreads), each taking a pooled database connection per batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import contextlib
+import contextvars
+import threading
+from collections.abc import Callable, Iterator
+from queue import SimpleQueue
+from typing import Any, TypeVar
 
-from channels.db import database_sync_to_async
 from django.conf import settings
+from django.db import close_old_connections
 
 from realtime.process import get_process
 from realtime.tasks import answer_each, spawn
 from web.actions import Outgoing, SentMessage, do_send_messages
+from web.errors import ApiError
 
-# Each batch on the thread pool with its own pooled connection.
-send_messages = database_sync_to_async(do_send_messages, thread_sensitive=False)
-
+T = TypeVar("T")
 Waiting = tuple[Outgoing, asyncio.Future[SentMessage]]
+Job = tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], contextvars.Context, Callable[[], Any]]
+
+
+async def send_messages(batch: list[Outgoing]) -> list[SentMessage | ApiError]:
+    """Store a batch (web.actions.do_send_messages) on one of the publisher's threads."""
+    return await get_process().publisher.threads.run(lambda: do_send_messages(batch))
+
+
+class StoreThreads:
+    """A few threads that run the publisher's batches, each with Django's connection
+    handling around it (as channels.db.database_sync_to_async does).
+
+    By hand rather than sync_to_async on the default executor: at low rates every batch
+    wakes a sleeping thread, and the executor's path there and back (its submit, a
+    concurrent Future chained to the loop's) cost 100-200 us of CPU per call more than a
+    SimpleQueue and one call_soon_threadsafe (docs/performance.md).
+    """
+
+    def __init__(self) -> None:
+        self.jobs: SimpleQueue[Job | None] = SimpleQueue()
+        self.threads: list[threading.Thread] = []  # started and closed on the loop's thread
+
+    def run(self, call: Callable[[], T]) -> asyncio.Future[T]:
+        """Run `call` on a store thread, in a copy of the caller's context."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        # One thread per transaction in flight: a batch never waits for a thread.
+        if len(self.threads) < settings.PUBLISH_IN_FLIGHT:
+            self._start()
+        self.jobs.put((loop, future, contextvars.copy_context(), call))
+        return future
+
+    def close(self) -> None:
+        """Let each thread end once its batch (if any) is done; not waited for."""
+        for _ in self.threads:
+            self.jobs.put(None)
+        self.threads = []
+
+    def _start(self) -> None:
+        thread = threading.Thread(target=self._work, name=f"store-{len(self.threads)}", daemon=True)
+        self.threads.append(thread)
+        thread.start()
+
+    def _work(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            loop, future, context, call = job
+            close_old_connections()
+            try:
+                outcome: tuple[bool, Any] = (True, context.run(call))
+            except Exception as error:  # the waiter raises it, not this thread
+                outcome = (False, error)
+            finally:
+                close_old_connections()
+            # The last thing before waiting again: the loop wakes to a free GIL.
+            with contextlib.suppress(RuntimeError):  # its loop closed meanwhile (tests)
+                loop.call_soon_threadsafe(_settle, future, *outcome)
+
+
+def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.done():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
 
 
 class Publisher:
@@ -36,6 +106,7 @@ class Publisher:
         self.busy: set[int] = set()  # rooms in a transaction now
         self.in_flight = 0
         self.start_scheduled: asyncio.AbstractEventLoop | None = None  # a start is due there
+        self.threads = StoreThreads()
 
     async def publish(self, outgoing: Outgoing) -> SentMessage:
         """Store one publish (with the others waiting) and return its result."""

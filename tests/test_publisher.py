@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db import OperationalError
 
 from realtime import publisher
-from realtime.process import get_process
+from realtime.process import close_process, get_process
 from web import actions
 from web.access import aget_room_for_user
 from web.errors import BadRequest, NotFound
@@ -136,3 +138,42 @@ async def test_a_publish_nobody_waits_for_any_more_is_skipped(lobby: Room, alice
     assert (await first).message.seq == 1
     assert last.message.seq == 2
     assert await sync_to_async(Message.objects.filter(client_msg_id="b").exists)() is False
+
+
+async def test_an_error_on_a_store_thread_fails_its_batch_and_the_thread_goes_on(
+    lobby: Room, alice: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    room = await aget_room_for_user(alice, "lobby")
+    real = actions.do_send_messages
+    threads: set[str] = set()
+    failed: list[int] = []
+
+    def down_once(batch: list[actions.Outgoing]) -> Any:
+        threads.add(threading.current_thread().name)
+        if not failed:
+            failed.append(len(batch))
+            raise OperationalError("the database went away")
+        return real(batch)
+
+    monkeypatch.setattr(publisher, "do_send_messages", down_once)
+    results = await asyncio.gather(
+        *(publisher.publish(actions.Outgoing(alice, room, "m", f"x{i}")) for i in range(2)),
+        return_exceptions=True,
+    )
+    assert [type(r) for r in results] == [OperationalError] * 2
+    kept = [actions.Outgoing(alice, room, "kept", f"y{i}") for i in range(5)]
+    sent = [await publisher.publish(outgoing) for outgoing in kept]
+    assert [s.message.seq for s in sent] == [1, 2, 3, 4, 5]
+    # The publisher's own threads, no more than the transactions it keeps in flight.
+    assert threads <= {f"store-{n}" for n in range(settings.PUBLISH_IN_FLIGHT)}
+
+
+async def test_closing_the_process_ends_its_store_threads(lobby: Room, alice: Any) -> None:
+    room = await aget_room_for_user(alice, "lobby")
+    await publisher.publish(actions.Outgoing(alice, room, "m", "x"))
+    started = list(get_process().publisher.threads.threads)
+    assert started
+    await close_process()
+    for thread in started:
+        thread.join(timeout=10)
+    assert not any(thread.is_alive() for thread in started)
