@@ -76,6 +76,20 @@ def django_db_modify_db_settings(postgresql_proc: Any) -> None:
     )
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """pytest-django's, and at the end the sessions other threads keep open (the publisher's
+    store threads, the reads' thread) ended first, so that the test database can be dropped."""
+    yield
+    from django.db import connection
+
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
 def _user(username: str) -> Any:
     return get_user_model().objects.create_user(username, password=f"{username}-password")
 

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import OperationalError
+from django.db import OperationalError, connection, connections
+from django.test import override_settings
 
 from realtime import publisher
 from realtime.process import close_process, get_process
@@ -177,3 +178,40 @@ async def test_closing_the_process_ends_its_store_threads(lobby: Room, alice: An
     for thread in started:
         thread.join(timeout=10)
     assert not any(thread.is_alive() for thread in started)
+
+
+@override_settings(PUBLISH_IN_FLIGHT=1)
+async def test_a_store_thread_keeps_its_connection_until_it_fails(
+    lobby: Room, alice: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await close_process()  # a publisher of one thread
+    room = await aget_room_for_user(alice, "lobby")
+    real = actions.do_send_messages
+    backends: list[int] = []
+
+    def on_its_connection(batch: list[actions.Outgoing]) -> Any:
+        connection.ensure_connection()
+        backends.append(connection.connection.info.backend_pid)
+        return real(batch)
+
+    def publish(body: str, client_msg_id: str) -> Any:
+        # A member already: no membership insert, whose transaction would close a broken
+        # connection by itself.
+        return publisher.publish(actions.Outgoing(alice, room, body, client_msg_id, True))
+
+    monkeypatch.setattr(publisher, "do_send_messages", on_its_connection)
+    for i in range(3):  # one at a time: each a batch of its own
+        await publish("m", f"a{i}")
+    assert backends[0] == backends[1] == backends[2]  # kept from one batch to the next
+    assert len(get_process().publisher.threads.threads) == 1
+
+    def terminate(pid: int) -> None:
+        with connections["default"].cursor() as cursor:  # this thread's own connection
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+
+    await sync_to_async(terminate, thread_sensitive=False)(backends[-1])
+    with pytest.raises(OperationalError):
+        await publish("lost", "b")
+    sent = await publish("kept", "c")
+    assert sent.message.seq == 4
+    assert backends[-1] != backends[2]  # a broken connection is not kept
