@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,12 +23,14 @@ from queue import Empty, SimpleQueue
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import close_old_connections, connections
+from django.db import connections
 
 from realtime.process import get_process
 from realtime.tasks import answer_each, spawn
 from web.actions import Outgoing, SentMessage, do_send_messages
 from web.errors import ApiError
+
+logger = logging.getLogger(__name__)
 
 # A store thread keeps its pooled connection between batches, and hands it back to the pool
 # after this long idle, and at least this often when busy (then the pool's lifetime rules
@@ -85,7 +88,7 @@ class StoreThreads:
             try:
                 job = self.jobs.get(timeout=KEEP_CONNECTION_SECONDS)
             except Empty:
-                close_old_connections()  # idle: the connection goes back to the pool
+                _hand_back()  # idle: the connection goes back to the pool
                 continue
             if job is None:
                 break
@@ -100,12 +103,20 @@ class StoreThreads:
             now = time.monotonic()
             failed = any(c.errors_occurred for c in connections.all(initialized_only=True))
             if failed or now >= release_at:
-                close_old_connections()
+                _hand_back()
                 release_at = now + KEEP_CONNECTION_SECONDS
             # The last thing before waiting again: the loop wakes to a free GIL.
             with contextlib.suppress(RuntimeError):  # its loop closed meanwhile (tests)
                 loop.call_soon_threadsafe(_settle, future, *outcome)
+        _hand_back()
+
+
+def _hand_back() -> None:
+    """This thread's connections back to the pool (closed, without one)."""
+    try:
         connections.close_all()
+    except Exception:  # a store thread that died would leave every later batch waiting
+        logger.exception("a store thread could not hand its database connection back")
 
 
 def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:

@@ -215,3 +215,26 @@ async def test_a_store_thread_keeps_its_connection_until_it_fails(
     sent = await publish("kept", "c")
     assert sent.message.seq == 4
     assert backends[-1] != backends[2]  # a broken connection is not kept
+
+
+async def test_a_store_thread_outlives_a_failure_to_hand_its_connection_back(
+    lobby: Room, alice: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    room = await aget_room_for_user(alice, "lobby")
+    real = connections.close_all
+    failures: list[str] = []
+
+    def close_all_failing_once() -> None:
+        if not failures:
+            failures.append(threading.current_thread().name)
+            raise RuntimeError("closing failed")
+        real()
+
+    monkeypatch.setattr(publisher, "KEEP_CONNECTION_SECONDS", 0.0)  # hand back every batch
+    monkeypatch.setattr(connections, "close_all", close_all_failing_once)
+    for i in range(2 * settings.PUBLISH_IN_FLIGHT):
+        outgoing = actions.Outgoing(alice, room, "m", f"a{i}", True)
+        sent = await asyncio.wait_for(publisher.publish(outgoing), timeout=10)
+        assert sent.message.seq == i + 1
+    assert len(failures) == 1
+    assert failures[0].startswith("store-")
