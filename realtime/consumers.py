@@ -216,7 +216,7 @@ class ChatConsumer(Publishes, UserEvents, AsyncWebsocketConsumer):  # type: igno
         """Run the handler for a message, without Channels' per-message connection sweep.
 
         Channels awaits aclose_old_connections() (a hop to the database thread) before
-        every message. Publishes close their own connection (realtime/publisher.py), and
+        every message. Publishes look after their own connection (realtime/publisher.py), and
         the reads' thread sweeps only after a database error (see receive), so the hot
         path skips it.
         """

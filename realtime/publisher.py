@@ -7,7 +7,7 @@ arrive meanwhile wait, and the next transaction stores them together, for all
 their rooms at once (web.actions.do_send_messages). A room is in at most one
 transaction at a time, so one client's publishes keep their order. Under light
 load a batch holds one publish and adds no delay. The batches run on the publisher's own
-threads (StoreThreads), each taking a pooled database connection per batch.
+threads (StoreThreads), each keeping a pooled database connection from batch to batch.
 """
 
 from __future__ import annotations
