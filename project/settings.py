@@ -95,11 +95,15 @@ TEMPLATES = [
     },
 ]
 
-# The message store's statement, for small batches, is prepared once per pooled connection,
-# not parsed and planned at every batch (web/models/prepared.py). 0 behind a pooler that
+# The message store's statement is prepared once per pooled connection, not parsed and
+# planned at every batch (web/models/prepared.py). 0 behind a pooler that
 # drops prepared statements (PgBouncer in transaction mode before 1.21 or without
 # max_prepared_statements).
 DATABASE_PREPARED_STATEMENTS = env.bool("DATABASE_PREPARED_STATEMENTS", default=True)
+# With it, each connection keeps one plan for that statement, for every batch: left to
+# choose, PostgreSQL planned it again at every execution. Only statements bound on the
+# server are affected, and that is only this one.
+GENERIC_PLANS_OPTION = "-c plan_cache_mode=force_generic_plan"
 
 # DATABASE_URL_FILE counts too: Kubernetes mounts the URL as a file (k8s/base/configmap.yaml).
 if secret("DATABASE_URL"):
@@ -132,6 +136,8 @@ if secret("DATABASE_URL"):
         DATABASES["default"]["OPTIONS"]["options"] = (
             f"-c statement_timeout={env.int('DATABASE_STATEMENT_TIMEOUT_MS', 5000)}"
         )
+        if DATABASE_PREPARED_STATEMENTS:
+            DATABASES["default"]["OPTIONS"]["options"] += f" {GENERIC_PLANS_OPTION}"
         # A streaming replica for history pages and room lists (project/db_router.py says which
         # reads; docs/data.md why a lagging or stopped replica never hides an acked message).
         # Same pool and timeouts as the primary; its pool counts in the sizing rule above too.

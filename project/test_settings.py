@@ -18,6 +18,8 @@ DATABASES = {
         "HOST": "127.0.0.1",
         "PORT": "",  # set by tests/conftest.py once the throwaway server is up
         "TEST": {"NAME": "test_chat"},
+        # As settings.py gives a DATABASE_URL's connections (the store's prepared statement).
+        "OPTIONS": {"options": GENERIC_PLANS_OPTION},  # noqa: F405
     }
 }
 

@@ -161,7 +161,7 @@ class MessageManager(models.Manager["Message"]):
     def _store_in_one_statement(self, drafts: list[Draft]) -> tuple[list[Found], list[Key]]:
         """One round trip, committed on its own: the rooms' row locks are held only for this
         statement and its commit, so publishes to one room follow each other closely."""
-        with prepared_cursor(len(drafts)) as cursor:  # a small batch's: parsed once
+        with prepared_cursor() as cursor:  # parsed and planned once per connection
             cursor.execute(
                 _store_batch_sql(),
                 {
@@ -308,46 +308,55 @@ class Message(models.Model):
 # Drafts of senders who are not active are stored by no part of it and come back as rows
 # with `created` NULL: the check is in the storing transaction, so a socket that has not yet
 # heard of its user's deactivation stores nothing.
+#
+# It is prepared and every batch runs one generic plan (web/models/prepared.py), made once
+# from what PostgreSQL then thought of the tables' sizes. So web_message, the table that
+# grows fast, is read by key one draft at a time (LATERAL with LIMIT, which PostgreSQL cannot
+# turn into a join), and so is the sender (a subquery): written as joins, a plan made while
+# web_message was new hashed the whole table at every batch until the next ANALYZE
+# (docs/performance.md). Each room's fresh drafts travel as arrays from `counts` through the
+# UPDATE's RETURNING to the INSERT, so no part joins drafts to rooms after the locks are
+# taken (a join PostgreSQL planned for ten rows ran as a nested loop over every pair).
 STORE_BATCH_SQL = """
 WITH given AS (
     SELECT * FROM unnest(
         %(rooms)s::bigint[], %(senders)s::bigint[], %(bodies)s::text[], %(ids)s::text[]
     ) WITH ORDINALITY AS d(room_id, sender_id, body, client_msg_id, ord)
-), draft AS (
-    SELECT g.* FROM given g JOIN {users} u ON u.id = g.sender_id AND u.is_active
-), stored AS (
-    SELECT m.id, m.room_id, m.seq, m.sender_id, m.body, m.client_msg_id, m.created_at
-    FROM web_message m JOIN draft d
-        ON m.room_id = d.room_id AND m.sender_id = d.sender_id
-        AND m.client_msg_id = d.client_msg_id
-), fresh AS (
-    SELECT d.*, row_number() OVER (PARTITION BY d.room_id ORDER BY d.ord) AS n FROM draft d
-    WHERE NOT EXISTS (
-        SELECT 1 FROM stored s
-        WHERE s.room_id = d.room_id AND s.sender_id = d.sender_id
-        AND s.client_msg_id = d.client_msg_id
-    )
+), draft AS MATERIALIZED (
+    SELECT g.*, s.id AS s_id, s.seq AS s_seq, s.body AS s_body, s.created_at AS s_created,
+        coalesce((SELECT u.is_active FROM {users} u WHERE u.id = g.sender_id), false) AS active
+    FROM given g
+    LEFT JOIN LATERAL (
+        SELECT m.id, m.seq, m.body, m.created_at FROM web_message m
+        WHERE m.room_id = g.room_id AND m.sender_id = g.sender_id
+        AND m.client_msg_id = g.client_msg_id
+        LIMIT 1
+    ) s ON true
 ), counts AS (
-    SELECT room_id, count(*) AS k FROM fresh GROUP BY room_id
+    SELECT room_id, count(*) AS k, array_agg(sender_id ORDER BY ord) AS senders,
+        array_agg(body ORDER BY ord) AS bodies, array_agg(client_msg_id ORDER BY ord) AS ids
+    FROM draft WHERE active AND s_id IS NULL
+    GROUP BY room_id
 ), locked AS MATERIALIZED (
     SELECT r.id FROM web_room r WHERE r.id IN (SELECT room_id FROM counts)
     ORDER BY r.id FOR UPDATE
 ), room AS (
     UPDATE web_room r SET last_seq = r.last_seq + c.k
     FROM counts c WHERE r.id = c.room_id AND r.id IN (SELECT id FROM locked)
-    RETURNING r.id, r.last_seq, c.k
+    RETURNING r.id, r.last_seq - c.k AS base, c.senders, c.bodies, c.ids
 ), inserted AS (
     INSERT INTO web_message (room_id, seq, sender_id, body, client_msg_id, created_at)
-    SELECT f.room_id, room.last_seq - room.k + f.n, f.sender_id, f.body, f.client_msg_id, now()
-    FROM fresh f JOIN room ON room.id = f.room_id
+    SELECT room.id, room.base + m.n, m.sender_id, m.body, m.client_msg_id, now()
+    FROM room, unnest(room.senders, room.bodies, room.ids)
+        WITH ORDINALITY AS m(sender_id, body, client_msg_id, n)
     RETURNING id, room_id, seq, sender_id, body, client_msg_id, created_at
 )
 SELECT *, true FROM inserted
 UNION ALL
-SELECT *, false FROM stored
+SELECT s_id, room_id, s_seq, sender_id, s_body, client_msg_id, s_created, false
+FROM draft WHERE active AND s_id IS NOT NULL
 UNION ALL
-SELECT NULL, g.room_id, NULL, g.sender_id, NULL, g.client_msg_id, NULL, NULL FROM given g
-WHERE NOT EXISTS (SELECT 1 FROM draft d WHERE d.ord = g.ord)
+SELECT NULL, room_id, NULL, sender_id, NULL, client_msg_id, NULL, NULL FROM draft WHERE NOT active
 """
 
 

@@ -8,16 +8,14 @@ database's work when a batch holds few publishes: prepared, a one-message batch 
 0.33 ms of PostgreSQL's CPU instead of 1.09-1.26 ms on this project's machine
 (docs/performance.md).
 
-Only for small batches (PREPARED_BATCH_MAX publishes or fewer): a batch of one is mostly
-parsing and planning, a batch of 30 mostly execution. And PostgreSQL soon plans a prepared
-statement once for all values (a generic plan); made while web_message was small, such a
-plan kept scanning the table as it grew: in scenario 3 of `make bench` (batches of about
-30 on a table filling from empty) PostgreSQL used 11.6-11.9 us per delivery instead of
-6.6-6.9 in two runs of three. Large batches keep client-side binding and a plan of their
-own; small ones pay for a bad plan only while the table is small, until autovacuum's
-ANALYZE (after 50 rows and every tenth more) makes PostgreSQL plan them again.
+Every batch, whatever its size, runs one generic plan: the statement reads web_message by
+key (web/models), so the plan does not depend on how large the table was when it was made,
+and the settings start each connection with plan_cache_mode=force_generic_plan.
+Left to choose, PostgreSQL planned this statement afresh at every execution (a custom plan:
+it thinks an array parameter holds 10 elements, so the generic plan looked dearer than one
+made for a batch of one), which cost 460 us of its CPU a batch against 170.
 
-`prepared_cursor(batch)` gives a Django cursor (error translation, execute wrappers) over a
+`prepared_cursor()` gives a Django cursor (error translation, execute wrappers) over a
 psycopg cursor that binds on the server and prepares the statement on its first use on
 each pooled connection; later executions only bind and run. psycopg keys what it prepared
 by the statement's text and parameter types, and keeps at most `prepared_max` per
@@ -36,7 +34,6 @@ from django.db import connection
 from django.db.backends.utils import CursorWrapper
 
 BY_COUNT_NEVER = 2**31 - 1
-PREPARED_BATCH_MAX = 8
 
 
 class _PreparingCursor(psycopg.Cursor[Any]):
@@ -54,15 +51,10 @@ class _PreparingCursor(psycopg.Cursor[Any]):
         return self
 
 
-def prepared_cursor(batch: int) -> CursorWrapper:
-    """A cursor on the default connection for the store's statement with `batch` publishes
-    (see the module's doc); a plain Django cursor for a larger batch, when the setting is
-    off, or when the database is not PostgreSQL."""
-    if (
-        batch > PREPARED_BATCH_MAX
-        or not settings.DATABASE_PREPARED_STATEMENTS
-        or connection.vendor != "postgresql"
-    ):
+def prepared_cursor() -> CursorWrapper:
+    """A cursor on the default connection for the store's statement (see the module's doc);
+    a plain Django cursor when the setting is off, or when the database is not PostgreSQL."""
+    if not settings.DATABASE_PREPARED_STATEMENTS or connection.vendor != "postgresql":
         return connection.cursor()
     # Django's own cursor (its connection checks, its wrapper, debug logging when on), with
     # the psycopg cursor under it swapped for a preparing one.
