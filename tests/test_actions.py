@@ -188,6 +188,43 @@ def test_concurrent_publishers_get_distinct_gap_free_seqs() -> None:
     ) == (list(range(1, 101)))
 
 
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_batches_over_the_same_rooms_keep_each_room_gap_free() -> None:
+    # Batches naming the same rooms in opposite orders, from several connections at once:
+    # the store locks rooms in id order (no deadlock) and numbers from the locked row.
+    from django.contrib.auth import get_user_model
+
+    users = [get_user_model().objects.create_user(f"batcher{i}") for i in range(4)]
+    rooms = [Room.objects.create(slug=f"multi-{n}", title="multi") for n in range(5)]
+    failures: list[BaseException] = []
+
+    def publish(user: Any, order: list[Room]) -> None:
+        try:
+            for i in range(15):
+                batch = [actions.Outgoing(user, r, "m", f"{user.pk}-{i}-{r.pk}") for r in order]
+                results = actions.do_send_messages(batch)
+                assert all(isinstance(r, actions.SentMessage) for r in results), results
+        except BaseException as error:
+            failures.append(error)
+        finally:
+            connection.close()
+
+    threads = [
+        threading.Thread(target=publish, args=(u, rooms if n % 2 else rooms[::-1]))
+        for n, u in enumerate(users)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not failures, failures
+    for room in rooms:
+        seqs = list(Message.objects.filter(room=room).order_by("seq").values_list("seq", flat=True))
+        assert seqs == list(range(1, 61)), (room.slug, seqs)
+        room.refresh_from_db()
+        assert room.last_seq == 60
+
+
 def test_revoked_tokens_stop_authenticating(alice: Any) -> None:
     from asgiref.sync import async_to_sync
 
