@@ -49,8 +49,8 @@ def test_a_large_batch_runs_the_same_statement(alice: Any) -> None:
 
 def _scans(plan: dict[str, Any], table: str) -> list[str]:
     """The node types that read `table` in an EXPLAIN (FORMAT JSON) plan (not its writes)."""
-    found = [plan["Node Type"]] if plan.get("Relation Name") == table else []
-    found = [kind for kind in found if kind != "ModifyTable"]
+    reads = plan.get("Relation Name") == table and plan["Node Type"] != "ModifyTable"
+    found = [plan["Node Type"]] if reads else []
     for child in plan.get("Plans", []):
         found += _scans(child, table)
     return found
