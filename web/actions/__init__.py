@@ -170,8 +170,14 @@ def do_send_messages(batch: Sequence[Outgoing]) -> list[SentMessage | ApiError]:
     if joining:
         # Posting in a public room joins it, so it shows up with unread counts. Rooms from
         # aget_room_for_user say whether the sender is a member already: then nothing to do.
+        # In room id order: the insert's foreign-key checks lock the rooms (FOR KEY SHARE),
+        # and another batch's store locks them FOR UPDATE in id order; in any other order
+        # the two can deadlock (tests/test_actions.py, batches over the same rooms).
         Membership.objects.bulk_create(
-            [Membership(user_id=user_id, room_id=room_id) for user_id, room_id in joining],
+            [
+                Membership(user_id=user_id, room_id=room_id)
+                for user_id, room_id in sorted(joining, key=lambda pair: (pair[1], pair[0]))
+            ],
             ignore_conflicts=True,
         )
         cache.changed_memberships(user_id for user_id, _ in joining)
