@@ -2,9 +2,11 @@
 
 With REDIS_URL, one Redis pub/sub connection and reader task per process,
 subscribed to the channels of the groups and channels with members here,
-which reconnects with backoff and resubscribes after Redis goes away; and one
-pooled client publishing from any thread. Without, one process hands
-publishes to its own event loop.
+which reconnects with backoff and resubscribes after Redis goes away; beside
+it, one connection on which the event loop publishes what any thread hands it
+(realtime/publish_connection.py), and a pooled client for threads of processes
+that run no feed (a Celery worker, a management command). Without, one process
+hands publishes to its own event loop.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from django.conf import settings
 from project import metrics
 from project.redis_config import ERRORS as REDIS_ERRORS
 from realtime import redis_clients
+from realtime.publish_connection import Item, PublishConnection
 from realtime.pubsub_connection import PubSubConnection
 from realtime.rebroadcast import Rebroadcast
 from realtime.tasks import spawn
@@ -30,6 +33,7 @@ from realtime.tasks import spawn
 logger = logging.getLogger(__name__)
 
 KEEPALIVE = "chat:keepalive"
+EMPTY_CONTEXT = contextvars.Context()
 
 
 class Sink(Protocol):
@@ -112,6 +116,9 @@ class RedisTransport(Transport):
         super().__init__(sink)
         self.url = url
         self.pubsub: Any = None
+        # Publishes from any thread go out on the event loop through this (made with the
+        # feed's connection); None while there is none (realtime/sharded_feed.py has none).
+        self.loop_publisher: PublishConnection | None = None
         self.reader: asyncio.Task[None] | None = None
         # channel -> resolved once Redis confirmed the SUBSCRIBE on the current connection
         self.confirmed: dict[str, asyncio.Future[None]] = {}
@@ -129,6 +136,12 @@ class RedisTransport(Transport):
     async def _connect(self) -> None:
         address = await redis_clients.feed_address(self.url)
         self.pubsub = await PubSubConnection.open(address, self._handle)
+        try:
+            publisher = await PublishConnection.open_publisher(address, self._publishes_lost)
+        except BaseException:
+            self.pubsub.close()
+            raise
+        self.loop_publisher = publisher
         loop = asyncio.get_running_loop()
         channels = self._wanted()
         for channel in channels:
@@ -221,8 +234,14 @@ class RedisTransport(Transport):
             await self._connect()
 
     async def _disconnect(self) -> None:
+        self._close_loop_publisher()
         if self.pubsub is not None:
             self.pubsub.close()
+
+    def _close_loop_publisher(self) -> None:
+        publisher, self.loop_publisher = self.loop_publisher, None
+        if publisher is not None:
+            publisher.close()
 
     def _handle(self, reply: list[Any]) -> None:
         """One push from the connection: [kind, channel, data or count]."""
@@ -236,7 +255,9 @@ class RedisTransport(Transport):
 
     def publish(self, *items: tuple[str, bytes], durable: bool = True) -> None:
         """Called from actions' on_commit (any thread): one PUBLISH per message, a batch's
-        PUBLISHes in one round trip.
+        PUBLISHes in one write. The event loop writes them (`_publish_on_loop`): the calling
+        thread (a store thread) does not wait for Redis. Where this process runs no feed,
+        the calling thread sends them in one round trip with the pooled client.
 
         A durable publish (a stored message, a user event) that Redis does not take is
         retried in the background until it does (`Rebroadcast`): a quiet room's subscribers
@@ -248,11 +269,40 @@ class RedisTransport(Transport):
             items = tuple(self.rebroadcast.hold(items))
             if not items:
                 return
+        publisher = self.loop_publisher
+        if publisher is not None and publisher.usable:
+            if threading.get_ident() == publisher.thread:
+                self._publish_on_loop(publisher, items, durable)
+                return
+            with contextlib.suppress(RuntimeError):  # its loop closed: as if there were none
+                # An empty context: the caller's (a store thread's) must not leak in.
+                publisher.loop.call_soon_threadsafe(
+                    self._publish_on_loop, publisher, items, durable, context=EMPTY_CONTEXT
+                )
+                return
         try:
             self.send(items)
         except REDIS_ERRORS:
             if not self._retry_later(items, durable):
                 raise
+
+    def _publish_on_loop(
+        self, publisher: PublishConnection, items: Sequence[Item], durable: bool
+    ) -> None:
+        """On the event loop: write the PUBLISHes, or, with the connection gone since they
+        were handed over, have durable ones sent again."""
+        try:
+            publisher.publish(items, durable)
+        except REDIS_ERRORS:
+            self._retry_later(items, durable)
+
+    def _publishes_lost(self, unanswered: list[tuple[Item, bool]]) -> None:
+        """The loop's publish connection went with PUBLISHes unanswered: Redis may not have
+        taken them. Durable ones are sent again; the feed reconnects (and with it, this)."""
+        self._retry_later([item for item, durable in unanswered if durable], durable=True)
+        current = self.loop_publisher
+        if current is not None and not current.usable and isinstance(self.pubsub, PubSubConnection):
+            self.pubsub.close()  # not when _disconnect closes it: that closes the feed too
 
     async def apublish(self, *items: tuple[str, bytes], durable: bool = True) -> None:
         if durable and self.rebroadcast.waiting():
@@ -279,6 +329,8 @@ class RedisTransport(Transport):
         caller gives up on the rest."""
         if not durable:
             return False
+        if not items:
+            return True
         logger.warning("broadcast failed; retrying it every %ss", settings.REBROADCAST_SECONDS)
         self.rebroadcast.add(items)
         return True
@@ -292,6 +344,7 @@ class RedisTransport(Transport):
         if self.pubsub is not None:
             await self._disconnect()
             self.pubsub = None
+        self._close_loop_publisher()
         self.confirmed.clear()
         with self._publisher_lock:
             if self._publisher is not None:

@@ -59,28 +59,34 @@ class PubSubConnection(asyncio.Protocol):
     async def open(cls, address: Address, handler: Handler) -> PubSubConnection:
         """Connect and log in, within REDIS_CONNECT_TIMEOUT_SECONDS; RedisConnectionError
         when that fails."""
-        loop = asyncio.get_running_loop()
         connection = cls(handler)
+        await connection.connect(address)
+        return connection
+
+    async def connect(self, address: Address) -> None:
+        """Connect this protocol and log in (see `open`)."""
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(settings.REDIS_CONNECT_TIMEOUT_SECONDS):
                 if address.path is not None:
-                    await loop.create_unix_connection(
-                        lambda: connection, address.path, ssl=address.ssl
-                    )
+                    await loop.create_unix_connection(lambda: self, address.path, ssl=address.ssl)
                 else:
                     await loop.create_connection(
-                        lambda: connection, address.host, address.port, ssl=address.ssl
+                        lambda: self, address.host, address.port, ssl=address.ssl
                     )
                 if address.password is not None:
                     credentials = [address.username] if address.username else []
-                    await connection.call("AUTH", *credentials, address.password)
+                    await self.call("AUTH", *credentials, address.password)
+                await self.started()
         except (OSError, TimeoutError, ResponseError) as error:
-            connection.close()
+            self.close()
             raise RedisConnectionError(f"feed connection to Redis failed: {error}") from error
         except BaseException:
-            connection.close()
+            self.close()
             raise
-        return connection
+
+    async def started(self) -> None:
+        """What a subclass sends once logged in, before the connection is handed out."""
 
     # asyncio.Protocol
 

@@ -1,0 +1,95 @@
+"""One Redis connection that PUBLISHes from the event loop, without waiting for the replies.
+
+Stored messages used to be PUBLISHed by the thread that stored them (the publisher's store
+threads, realtime/publisher.py), through redis-py's blocking client: a round trip per
+batch with the thread asleep in it, and redis-py's command path (its pool, its retry
+wrapper, its parser) on a thread that competes with the event loop for the interpreter.
+Measured with `python -m bench.costs --connections 1` (docs/performance.md), the store
+thread spent about 300 us of CPU a batch broadcasting; handing the batch to the event loop
+instead costs it about 60, and the loop writes the PUBLISHes on this connection and goes
+on, reading Redis' replies when they come.
+
+Each PUBLISH stays pending until Redis answers it. If the connection is lost first, the
+pending ones are handed to `on_lost`: Redis may or may not have taken them, and the
+transport sends them again (realtime/rebroadcast.py); a repeat is harmless, sockets drop
+seqs they already have. Not written by hand elsewhere: this is the feed connection's
+protocol (realtime/pubsub_connection.py: hiredis' parser and packer, the login and the
+health check) with replies counted instead of awaited, which redis-py's clients do not do.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import hiredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from realtime.pubsub_connection import PubSubConnection
+from realtime.redis_clients import Address
+
+Item = tuple[str, bytes]  # (channel, payload)
+# The items Redis did not answer, each with whether it is durable.
+LostHandler = Callable[[list[tuple[Item, bool]]], None]
+
+NAME = "chat:publish"  # in CLIENT LIST, for operators (and the tests)
+
+
+class PublishConnection(PubSubConnection):
+    """A connection not in subscribed mode: PUBLISHes written at once, answered later."""
+
+    def __init__(self, on_lost: LostHandler):
+        super().__init__(self._push)
+        self.on_lost = on_lost
+        self.pending: deque[tuple[Item, bool]] = deque()  # written, not answered yet
+        self.thread = threading.get_ident()  # the event loop's: where it may be written
+
+    @classmethod
+    async def open_publisher(cls, address: Address, on_lost: LostHandler) -> PublishConnection:
+        """Connect, log in and name the connection; RedisConnectionError when that fails."""
+        connection = cls(on_lost)
+        await connection.connect(address)
+        return connection
+
+    async def started(self) -> None:
+        await self.call("CLIENT", "SETNAME", NAME)
+
+    @property
+    def usable(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    def publish(self, items: Sequence[Item], durable: bool) -> None:
+        """Write one PUBLISH per item, in order, in one write (on the event loop's thread).
+        Raises RedisConnectionError when the connection is closed: nothing was written."""
+        if not self.usable:
+            raise RedisConnectionError("the publish connection is closed")
+        assert self.transport is not None  # noqa: S101 -- usable
+        # hiredis' stub types the command as a 1-tuple; any length packs.
+        pack = hiredis.pack_command
+        self.transport.write(
+            b"".join(pack(("PUBLISH", channel, data)) for channel, data in items)  # type: ignore[arg-type]
+        )
+        self.pending.extend((item, durable) for item in items)
+
+    # Inside
+
+    def _push(self, reply: list[Any]) -> None:
+        raise RedisConnectionError(f"unexpected push on the publish connection: {reply[:1]}")
+
+    def _answer(self, reply: Any) -> None:
+        if self.replies:  # a call's (login, the name)
+            super()._answer(reply)
+        elif type(reply) is int:  # a PUBLISH's: how many subscribers got it
+            self.pending.popleft()
+        elif isinstance(reply, hiredis.ReplyError) and self.pending:
+            # Refused (a NOPERM, say): not taken. The connection goes, and with it the pending.
+            raise RedisConnectionError(f"Redis refused a PUBLISH: {reply}")
+        # else: +PONG to the health check's PING
+
+    def _lose(self, error: BaseException) -> None:
+        super()._lose(error)
+        if self.pending:
+            unanswered, self.pending = list(self.pending), deque()
+            self.on_lost(unanswered)
