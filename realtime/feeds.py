@@ -297,8 +297,9 @@ class RedisTransport(Transport):
             self._retry_later(items, durable)
 
     def _publishes_lost(self, unanswered: list[tuple[Item, bool]]) -> None:
-        """The loop's publish connection went with PUBLISHes unanswered: Redis may not have
-        taken them. Durable ones are sent again; the feed reconnects (and with it, this)."""
+        """The loop's publish connection went. Redis may not have taken what it did not
+        answer: durable ones are sent again. The feed reconnects, and with it a new publish
+        connection (meanwhile threads publish with the pooled client)."""
         self._retry_later([item for item, durable in unanswered if durable], durable=True)
         current = self.loop_publisher
         if current is not None and not current.usable and isinstance(self.pubsub, PubSubConnection):

@@ -9,8 +9,8 @@ thread spent about 300 us of CPU a batch broadcasting; handing the batch to the 
 instead costs it about 60, and the loop writes the PUBLISHes on this connection and goes
 on, reading Redis' replies when they come.
 
-Each PUBLISH stays pending until Redis answers it. If the connection is lost first, the
-pending ones are handed to `on_lost`: Redis may or may not have taken them, and the
+Each PUBLISH stays pending until Redis answers it. When the connection is lost, `on_lost`
+is told, with the pending ones: Redis may or may not have taken them, and the
 transport sends them again (realtime/rebroadcast.py); a repeat is harmless, sockets drop
 seqs they already have. Not written by hand elsewhere: this is the feed connection's
 protocol (realtime/pubsub_connection.py: hiredis' parser and packer, the login and the
@@ -31,7 +31,8 @@ from realtime.pubsub_connection import PubSubConnection
 from realtime.redis_clients import Address
 
 Item = tuple[str, bytes]  # (channel, payload)
-# The items Redis did not answer, each with whether it is durable.
+# Told once the connection is lost: the items Redis did not answer, each with whether it
+# is durable (none, when nothing was in flight).
 LostHandler = Callable[[list[tuple[Item, bool]]], None]
 
 NAME = "chat:publish"  # in CLIENT LIST, for operators (and the tests)
@@ -89,7 +90,8 @@ class PublishConnection(PubSubConnection):
         # else: +PONG to the health check's PING
 
     def _lose(self, error: BaseException) -> None:
+        first = not self.lost.done()
         super()._lose(error)
-        if self.pending:
+        if first:  # told once, even with nothing unanswered: the owner makes a new one
             unanswered, self.pending = list(self.pending), deque()
             self.on_lost(unanswered)

@@ -96,3 +96,27 @@ async def test_publishes_redis_did_not_answer_are_sent_again(server: Server) -> 
         admin.client_unpause()
         pubsub.close()
         await transport.close()
+
+
+async def test_a_lost_publish_connection_comes_back_with_the_feed(server: Server) -> None:
+    sink = Sink()
+    transport = RedisTransport(sink, server.url)
+    try:
+        await transport.subscribe("room:1")
+        first = publisher_client(server)["id"]
+        server.client().client_kill_filter(_id=first)  # nothing in flight on it
+        deadline = time.monotonic() + 10
+        while sink.lost == 0:  # the feed reconnected: sockets check the database
+            assert time.monotonic() < deadline, "the feed never reconnected"
+            await asyncio.sleep(0.05)
+        await transport.subscribe("room:1")
+        assert publisher_client(server)["id"] != first
+        await asyncio.to_thread(transport.publish, ("room:1", b"after"))
+        while not sink.delivered:
+            assert time.monotonic() < deadline, "nothing delivered after the reconnect"
+            await asyncio.sleep(0.02)
+        assert sink.delivered == [("room:1", b"after")]
+        assert publisher_client(server)["cmd"] == "publish"  # on the new connection
+        assert transport._publisher is None
+    finally:
+        await transport.close()
