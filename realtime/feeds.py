@@ -4,8 +4,9 @@ With REDIS_URL, one Redis pub/sub connection and reader task per process,
 subscribed to the channels of the groups and channels with members here,
 which reconnects with backoff and resubscribes after Redis goes away; beside
 it, one connection on which the event loop publishes what any thread hands it
-(realtime/publish_connection.py), and a pooled client for threads of processes
-that run no feed (a Celery worker, a management command). Without, one process
+(realtime/publish_connection.py; made again at the next publish when it is lost),
+and a pooled client for threads of processes that run no feed (a Celery worker, a
+management command). Without, one process
 hands publishes to its own event loop.
 """
 
@@ -25,7 +26,7 @@ from django.conf import settings
 from project import metrics
 from project.redis_config import ERRORS as REDIS_ERRORS
 from realtime import redis_clients
-from realtime.publish_connection import Item, PublishConnection
+from realtime.publish_connection import LoopPublisher
 from realtime.pubsub_connection import PubSubConnection
 from realtime.rebroadcast import Rebroadcast
 from realtime.tasks import spawn
@@ -33,7 +34,6 @@ from realtime.tasks import spawn
 logger = logging.getLogger(__name__)
 
 KEEPALIVE = "chat:keepalive"
-EMPTY_CONTEXT = contextvars.Context()
 
 
 class Sink(Protocol):
@@ -116,9 +116,9 @@ class RedisTransport(Transport):
         super().__init__(sink)
         self.url = url
         self.pubsub: Any = None
-        # Publishes from any thread go out on the event loop through this (made with the
-        # feed's connection); None while there is none (realtime/sharded_feed.py has none).
-        self.loop_publisher: PublishConnection | None = None
+        # Publishes from any thread go out on the event loop through this, opened with the
+        # feed's connection (realtime/sharded_feed.py opens none: its threads publish).
+        self.loop_publisher = LoopPublisher(url, self._retry_later)
         self.reader: asyncio.Task[None] | None = None
         # channel -> resolved once Redis confirmed the SUBSCRIBE on the current connection
         self.confirmed: dict[str, asyncio.Future[None]] = {}
@@ -137,11 +137,10 @@ class RedisTransport(Transport):
         address = await redis_clients.feed_address(self.url)
         self.pubsub = await PubSubConnection.open(address, self._handle)
         try:
-            publisher = await PublishConnection.open_publisher(address, self._publishes_lost)
+            await self.loop_publisher.open(address)
         except BaseException:
             self.pubsub.close()
             raise
-        self.loop_publisher = publisher
         loop = asyncio.get_running_loop()
         channels = self._wanted()
         for channel in channels:
@@ -234,14 +233,9 @@ class RedisTransport(Transport):
             await self._connect()
 
     async def _disconnect(self) -> None:
-        self._close_loop_publisher()
+        self.loop_publisher.close()
         if self.pubsub is not None:
             self.pubsub.close()
-
-    def _close_loop_publisher(self) -> None:
-        publisher, self.loop_publisher = self.loop_publisher, None
-        if publisher is not None:
-            publisher.close()
 
     def _handle(self, reply: list[Any]) -> None:
         """One push from the connection: [kind, channel, data or count]."""
@@ -255,7 +249,7 @@ class RedisTransport(Transport):
 
     def publish(self, *items: tuple[str, bytes], durable: bool = True) -> None:
         """Called from actions' on_commit (any thread): one PUBLISH per message, a batch's
-        PUBLISHes in one write. The event loop writes them (`_publish_on_loop`): the calling
+        PUBLISHes in one write. The event loop writes them (`LoopPublisher`): the calling
         thread (a store thread) does not wait for Redis. Where this process runs no feed,
         the calling thread sends them in one round trip with the pooled client.
 
@@ -269,41 +263,13 @@ class RedisTransport(Transport):
             items = tuple(self.rebroadcast.hold(items))
             if not items:
                 return
-        publisher = self.loop_publisher
-        if publisher is not None and publisher.usable:
-            if threading.get_ident() == publisher.thread:
-                self._publish_on_loop(publisher, items, durable)
-                return
-            with contextlib.suppress(RuntimeError):  # its loop closed: as if there were none
-                # An empty context: the caller's (a store thread's) must not leak in.
-                publisher.loop.call_soon_threadsafe(
-                    self._publish_on_loop, publisher, items, durable, context=EMPTY_CONTEXT
-                )
-                return
+        if self.loop_publisher.publish(items, durable):
+            return
         try:
             self.send(items)
         except REDIS_ERRORS:
             if not self._retry_later(items, durable):
                 raise
-
-    def _publish_on_loop(
-        self, publisher: PublishConnection, items: Sequence[Item], durable: bool
-    ) -> None:
-        """On the event loop: write the PUBLISHes, or, with the connection gone since they
-        were handed over, have durable ones sent again."""
-        try:
-            publisher.publish(items, durable)
-        except REDIS_ERRORS:
-            self._retry_later(items, durable)
-
-    def _publishes_lost(self, unanswered: list[tuple[Item, bool]]) -> None:
-        """The loop's publish connection went. Redis may not have taken what it did not
-        answer: durable ones are sent again. The feed reconnects, and with it a new publish
-        connection (meanwhile threads publish with the pooled client)."""
-        self._retry_later([item for item, durable in unanswered if durable], durable=True)
-        current = self.loop_publisher
-        if current is not None and not current.usable and isinstance(self.pubsub, PubSubConnection):
-            self.pubsub.close()  # not when _disconnect closes it: that closes the feed too
 
     async def apublish(self, *items: tuple[str, bytes], durable: bool = True) -> None:
         if durable and self.rebroadcast.waiting():
@@ -345,7 +311,7 @@ class RedisTransport(Transport):
         if self.pubsub is not None:
             await self._disconnect()
             self.pubsub = None
-        self._close_loop_publisher()
+        self.loop_publisher.close()
         self.confirmed.clear()
         with self._publisher_lock:
             if self._publisher is not None:

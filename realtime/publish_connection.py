@@ -19,7 +19,10 @@ health check) with replies counted instead of awaited, which redis-py's clients 
 
 from __future__ import annotations
 
+import contextvars
+import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,8 +30,12 @@ from typing import Any
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from realtime import redis_clients
 from realtime.pubsub_connection import PubSubConnection
 from realtime.redis_clients import Address
+from realtime.tasks import spawn
+
+logger = logging.getLogger(__name__)
 
 Item = tuple[str, bytes]  # (channel, payload)
 # Told once the connection is lost: the items Redis did not answer, each with whether it
@@ -36,6 +43,9 @@ Item = tuple[str, bytes]  # (channel, payload)
 LostHandler = Callable[[list[tuple[Item, bool]]], None]
 
 NAME = "chat:publish"  # in CLIENT LIST, for operators (and the tests)
+EMPTY_CONTEXT = contextvars.Context()
+# Says whether it took the (durable) items to send again; takes and drops the others.
+RetryLater = Callable[[Sequence[Item], bool], bool]
 
 
 class PublishConnection(PubSubConnection):
@@ -92,6 +102,91 @@ class PublishConnection(PubSubConnection):
     def _lose(self, error: BaseException) -> None:
         first = not self.lost.done()
         super()._lose(error)
-        if first:  # told once, even with nothing unanswered: the owner makes a new one
+        if first:  # told once, even with nothing unanswered
             unanswered, self.pending = list(self.pending), deque()
             self.on_lost(unanswered)
+
+
+class LoopPublisher:
+    """A transport's publish connection on its event loop (realtime/feeds.py): opened and
+    closed with the feed's, and made again, in the background, when a publish finds it lost
+    (a Redis `timeout` or a proxy closes idle clients; the feed's is exempt as a subscriber).
+    What it did not answer is handed to `retry_later`."""
+
+    def __init__(self, url: str, retry_later: RetryLater):
+        self.url = url
+        self.retry_later = retry_later
+        self.connection: PublishConnection | None = None
+        self.reopening = False  # a new connection is being made
+        self.reopen_after = 0.0  # monotonic: not before, after an attempt failed
+
+    async def open(self, address: Address) -> None:
+        """On the event loop: a new connection in place of any other."""
+        self.close()
+        self.connection = await PublishConnection.open_publisher(address, self._lost)
+
+    def close(self) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            connection.close()
+
+    def publish(self, items: Sequence[Item], durable: bool) -> bool:
+        """From any thread: have the event loop write the PUBLISHes. False when there is no
+        usable connection: the caller sends them itself."""
+        connection = self.connection
+        if connection is None:
+            return False
+        if not connection.usable:
+            self._reopen_later(connection)
+            return False
+        if threading.get_ident() == connection.thread:
+            self._write(connection, items, durable)
+            return True
+        try:
+            # An empty context: the caller's (a store thread's) must not leak in.
+            connection.loop.call_soon_threadsafe(
+                self._write, connection, items, durable, context=EMPTY_CONTEXT
+            )
+        except RuntimeError:  # its loop closed: as if there were no connection
+            return False
+        return True
+
+    def _write(self, connection: PublishConnection, items: Sequence[Item], durable: bool) -> None:
+        try:
+            connection.publish(items, durable)
+        except RedisConnectionError:  # lost since the items were handed over
+            self.retry_later(items, durable)
+
+    def _lost(self, unanswered: list[tuple[Item, bool]]) -> None:
+        """Redis may not have taken what it did not answer: durable ones are sent again."""
+        self.retry_later([item for item, durable in unanswered if durable], True)
+
+    def _reopen_later(self, lost: PublishConnection) -> None:
+        """From any thread: unless a new connection is being made, or the last attempt
+        failed under a second ago."""
+        if self.reopening or time.monotonic() < self.reopen_after:
+            return
+        self.reopening = True  # a race between two threads costs one spare connection
+        try:
+            lost.loop.call_soon_threadsafe(self._reopen, lost, context=EMPTY_CONTEXT)
+        except RuntimeError:  # its loop closed: there will be no new one
+            self.reopening = False
+
+    def _reopen(self, lost: PublishConnection) -> None:
+        spawn(self._reopen_in_place_of(lost), name="redis publish connection")
+
+    async def _reopen_in_place_of(self, lost: PublishConnection) -> None:
+        try:
+            if self.connection is not lost:
+                return  # the feed reconnected (or closed) meanwhile, with its own
+            address = await redis_clients.feed_address(self.url)
+            connection = await PublishConnection.open_publisher(address, self._lost)
+            if self.connection is lost:
+                self.connection = connection
+            else:
+                connection.close()
+        except Exception:
+            self.reopen_after = time.monotonic() + 1.0
+            logger.info("redis publish connection not made again yet", exc_info=True)
+        finally:
+            self.reopening = False
