@@ -6,8 +6,7 @@ which reconnects with backoff and resubscribes after Redis goes away; beside
 it, one connection on which the event loop publishes what any thread hands it
 (realtime/publish_connection.py; made again at the next publish when it is lost),
 and a pooled client for threads of processes that run no feed (a Celery worker, a
-management command). Without, one process
-hands publishes to its own event loop.
+management command). Without, one process hands publishes to its own event loop.
 """
 
 from __future__ import annotations
