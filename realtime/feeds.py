@@ -295,8 +295,6 @@ class RedisTransport(Transport):
         caller gives up on the rest."""
         if not durable:
             return False
-        if not items:
-            return True
         logger.warning("broadcast failed; retrying it every %ss", settings.REBROADCAST_SECONDS)
         self.rebroadcast.add(items)
         return True

@@ -159,7 +159,9 @@ class LoopPublisher:
 
     def _lost(self, unanswered: list[tuple[Item, bool]]) -> None:
         """Redis may not have taken what it did not answer: durable ones are sent again."""
-        self.retry_later([item for item, durable in unanswered if durable], True)
+        again = [item for item, durable in unanswered if durable]
+        if again:
+            self.retry_later(again, True)
 
     def _reopen_later(self, lost: PublishConnection) -> None:
         """From any thread: unless a new connection is being made, or the last attempt
