@@ -12,8 +12,9 @@ from django.db import connection
 from django.test import override_settings
 
 from tests.settings_probe import settings_under
-from web.models import Draft, Message, Room, _store_batch_sql
+from web.models import Draft, Message, Room
 from web.models.prepared import prepared_cursor
+from web.models.store_statement import store_batch_sql
 
 pytestmark = pytest.mark.django_db
 
@@ -60,7 +61,7 @@ def test_its_plan_reads_messages_by_key_however_the_table_grew(alice: Any) -> No
     # One generic plan serves every batch; made while web_message was new, a plan that joined
     # it hashed the whole table at every batch once it had grown (until the next ANALYZE).
     room = Room.objects.create(slug="den", title="Den")
-    sql = _store_batch_sql()
+    sql = store_batch_sql()
     for n, name in enumerate(["rooms", "senders", "bodies", "ids"], start=1):
         sql = sql.replace(f"%({name})s", f"${n}")
     args = f"'{{{room.pk}}}', '{{{alice.pk}}}', '{{hi}}'"
