@@ -67,6 +67,10 @@ class Transport:
         """`publish` from a coroutine, without blocking the event loop."""
         self.publish(*items, durable=durable)
 
+    def publishes_on_loop(self) -> bool:
+        """Whether `publish` called on the event loop writes there, never blocking it."""
+        return False
+
     async def close(self) -> None:
         """Stop reading and let go of connections (the layer is closing)."""
 
@@ -97,6 +101,9 @@ class LocalTransport(Transport):
         else:
             # An empty context: the caller's (a sync_to_async thread's) must not leak in.
             loop.call_soon_threadsafe(self._deliver, items, context=contextvars.Context())
+
+    def publishes_on_loop(self) -> bool:
+        return True
 
     def _deliver(self, items: tuple[tuple[str, bytes], ...]) -> None:
         for channel, data in items:
@@ -264,11 +271,19 @@ class RedisTransport(Transport):
                 return
         if self.loop_publisher.publish(items, durable):
             return
+        if _on_event_loop():
+            # The store on the event loop (realtime/publisher.py) with the publish connection
+            # lost: a blocking send would stall every socket of this process.
+            self._retry_later(items, durable)
+            return
         try:
             self.send(items)
         except REDIS_ERRORS:
             if not self._retry_later(items, durable):
                 raise
+
+    def publishes_on_loop(self) -> bool:
+        return self.loop_publisher.connection is not None
 
     async def apublish(self, *items: tuple[str, bytes], durable: bool = True) -> None:
         if durable and self.rebroadcast.waiting():
@@ -347,3 +362,11 @@ class RedisTransport(Transport):
     def _queue(self, client: Any, channel: str, data: bytes) -> Any:
         """PUBLISH on a client (sent now) or a pipeline (sent with the batch)."""
         return client.publish(channel, data)
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

@@ -131,3 +131,31 @@ async def test_a_publish_connection_closed_while_idle_is_made_again(server: Serv
 
 def publisher_client_of(server: Server) -> list[dict[str, Any]]:
     return [c for c in server.client().client_list() if c["name"] == NAME]
+
+
+@override_settings(REBROADCAST_SECONDS=0.05)
+async def test_a_publish_on_the_event_loop_never_blocks_it_when_the_connection_is_lost(
+    server: Server,
+) -> None:
+    # The store on the event loop (realtime/publisher.py) publishes from the loop itself: with
+    # the publish connection lost, the Rebroadcast thread sends it, not a blocking client.
+    sink = Sink()
+    transport = RedisTransport(sink, server.url)
+    try:
+        await transport.subscribe("room:1")
+        assert transport.publishes_on_loop()
+        server.client().client_kill_filter(_id=publisher_client(server)["id"])
+        deadline = time.monotonic() + 10
+        while transport.loop_publisher.connection.usable:  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the loss went unnoticed"
+            await asyncio.sleep(0.02)
+        transport.publish(("room:1", b"typing"), durable=False)  # dropped, as Redis was away
+        transport.publish(("room:1", b"m1"))
+        assert transport._publisher is None  # the pooled client was not used on the loop
+        while not sink.delivered:
+            assert time.monotonic() < deadline, "the publish was never sent"
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+        assert sink.delivered == [("room:1", b"m1")]
+    finally:
+        await transport.close()
