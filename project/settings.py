@@ -115,9 +115,10 @@ if secret("DATABASE_URL"):
         DATABASES["default"].setdefault("OPTIONS", {})
         if env.bool("DATABASE_POOL", default=True):
             # psycopg's pool, per process (docs/data.md). Size it so that
-            #   DATABASE_POOL_MAX_SIZE x processes per pod x pods (web and Celery)
+            #   (DATABASE_POOL_MAX_SIZE + PUBLISH_IN_FLIGHT) x web processes
+            #     + DATABASE_POOL_MAX_SIZE x Celery task processes
             #     <= PostgreSQL's max_connections - a reserve (superuser, migrations, psql)
-            # e.g. max_connections 100, reserve 10: 9 processes of 10. Each process keeps
+            # e.g. max_connections 100, reserve 10: 7 web processes of 12. Each process keeps
             # MIN_SIZE open even when idle. A request past MAX_SIZE waits up to TIMEOUT seconds,
             # then gets 503 `unavailable` (a socket: an `unavailable` error frame).
             # (DATABASE_POOL_MIN and DATABASE_POOL_MAX, the former names, still count.)
@@ -352,6 +353,10 @@ BACKFILL_BATCH = env.int("BACKFILL_BATCH", default=500)
 # once (realtime/publisher.py); each in-flight one holds a pooled database connection.
 PUBLISH_BATCH_MAX = env.int("PUBLISH_BATCH_MAX", default=100)
 PUBLISH_IN_FLIGHT = env.int("PUBLISH_IN_FLIGHT", default=2)
+# A batch that is one statement (no sender joining a room, no mention) is stored by awaiting
+# it on the event loop (psycopg's asyncio driver, PUBLISH_IN_FLIGHT more connections per
+# process) rather than on a thread: a third of the CPU at low rates (docs/performance.md).
+STORE_ON_EVENT_LOOP = env.bool("STORE_ON_EVENT_LOOP", default=True)
 # Publishes one socket may have waiting for their ack; past it the server reads no more of
 # that socket until one is answered (realtime/consumers.py).
 SOCKET_PUBLISHES_IN_FLIGHT = env.int("SOCKET_PUBLISHES_IN_FLIGHT", default=32)

@@ -29,9 +29,13 @@ EPHEMERAL = 0  # the seq of a room event that is not a stored message (realtime/
 Event = tuple[str, dict[str, Any]]  # (group, message)
 
 
-def send_messages(messages: Sequence[tuple[int, int, dict[str, Any]]]) -> None:
-    """Broadcast stored messages (room id, seq, frame), each room's in seq order."""
-    send_on_commit(
+def send_messages(
+    messages: Sequence[tuple[int, int, dict[str, Any]]], *, committed: bool = False
+) -> None:
+    """Broadcast stored messages (room id, seq, frame), each room's in seq order. `committed`:
+    the caller's statement has committed already, outside Django's transactions (the store
+    on the event loop, web/models/async_database.py): sent now."""
+    (_publish if committed else send_on_commit)(
         *(
             (
                 room_group(room_id),

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from realtime.presence import Presence
     from realtime.publisher import Publisher
     from realtime.room_checks import RoomChecks
+    from web.models.async_database import AsyncDatabase
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +38,11 @@ class Process:
         from realtime.presence import Presence
         from realtime.publisher import Publisher
         from realtime.room_checks import RoomChecks
+        from web.models.async_database import AsyncDatabase
 
         self.publisher: Publisher = Publisher()
+        # The store's connections on the event loop (web/models/async_database.py).
+        self.database: AsyncDatabase = AsyncDatabase()
         self.room_checks: RoomChecks = RoomChecks()  # rooms' access checks, in batches
         # Who is online in which room: this process's sockets, heartbeats, batched diffs.
         self.presence: Presence = Presence()
@@ -67,6 +71,8 @@ class Process:
         if mine:
             await asyncio.wait(mine, timeout=SHUTDOWN_WAIT)
         self.publisher.threads.close()
+        with contextlib.suppress(Exception):
+            await self.database.aclose()
         if self.cluster_limits is not None:
             with contextlib.suppress(Exception):
                 await self.cluster_limits.aclose()

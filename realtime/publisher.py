@@ -4,10 +4,12 @@ Every stored message costs a transaction's commit, and seqs are assigned under
 each room's row lock. Rather than a thread and a transaction per publish, this
 process keeps at most PUBLISH_IN_FLIGHT transactions in flight; publishes that
 arrive meanwhile wait, and the next transaction stores them together, for all
-their rooms at once (web.actions.do_send_messages). A room is in at most one
-transaction at a time, so one client's publishes keep their order. Under light
-load a batch holds one publish and adds no delay. The batches run on the publisher's own
-threads (StoreThreads), each keeping a pooled database connection from batch to batch.
+their rooms at once. A room is in at most one transaction at a time, so one client's
+publishes keep their order. Under light load a batch holds one publish and adds no delay.
+A batch that is one statement on PostgreSQL is awaited on the event loop
+(web.actions.ado_send_messages); the others (a sender joining a room, a mention, SQLite)
+run on the publisher's own threads (StoreThreads: web.actions.do_send_messages), each
+keeping a pooled database connection from batch to batch.
 """
 
 from __future__ import annotations
@@ -22,12 +24,19 @@ from collections.abc import Callable, Iterator
 from queue import Empty, SimpleQueue
 from typing import Any, TypeVar
 
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connections
 
 from realtime.process import get_process
 from realtime.tasks import answer_each, spawn
-from web.actions import Outgoing, SentMessage, do_send_messages
+from web.actions import (
+    Outgoing,
+    SentMessage,
+    ado_send_messages,
+    do_send_messages,
+    stores_in_one_statement,
+)
 from web.errors import ApiError
 
 logger = logging.getLogger(__name__)
@@ -43,8 +52,21 @@ Job = tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], contextvars.Context,
 
 
 async def send_messages(batch: list[Outgoing]) -> list[SentMessage | ApiError]:
-    """Store a batch (web.actions.do_send_messages) on one of the publisher's threads."""
-    return await get_process().publisher.threads.run(lambda: do_send_messages(batch))
+    """Store a batch: awaited on the event loop when it is one statement on PostgreSQL
+    (web.actions.ado_send_messages), else on one of the publisher's threads
+    (web.actions.do_send_messages: a sender joining a room, a mention, SQLite)."""
+    process = get_process()
+    if process.database.usable() and _publishes_on_loop() and stores_in_one_statement(batch):
+        # Shielded: a batch whose statement committed is broadcast even if the process is
+        # stopping (its waiters are cancelled then; their clients publish again).
+        return await asyncio.shield(ado_send_messages(batch, process.database))
+    return await process.publisher.threads.run(lambda: do_send_messages(batch))
+
+
+def _publishes_on_loop() -> bool:
+    """Whether the channel layer's broadcast, called on the event loop, never blocks it."""
+    transport = getattr(get_channel_layer(), "transport", None)
+    return transport is not None and bool(transport.publishes_on_loop())
 
 
 class StoreThreads:

@@ -13,16 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
 from django.core.cache import caches
 from django.db import connection, transaction
 from django.test import Client
 
+from realtime import publisher
+from realtime.process import close_process, get_process
 from tests.cache_servers import MEMCACHED, MemcachedServer, errors, listed, use_cache
 from tests.settings_probe import settings_under
 from web import actions
-from web.access import get_room_for_user
+from web.access import aget_room_for_user, get_room_for_user
 from web.errors import Forbidden
 from web.models import Room
 
@@ -111,6 +114,27 @@ def test_a_message_moves_last_seq_and_unread_for_every_member(
     assert listed(bob)["den"] == (True, 1, 1)
     assert listed(alice)["den"] == (True, 1, 1)
     actions.do_send_message(alice, den, "again", "c2")
+    assert listed(bob)["den"] == (True, 2, 2)
+
+
+def test_a_message_stored_on_the_event_loop_moves_last_seq_too(
+    backend: str, den: Room, alice: Any, bob: Any
+) -> None:
+    assert listed(bob)["den"] == (True, 0, 0)
+    actions.do_send_message(alice, den, "hello", "c1")
+    assert listed(bob)["den"] == (True, 1, 1)  # cached, tagged with the room's version
+
+    async def publish() -> list[Any]:
+        # Alice is in her room: a batch of one statement, awaited on the event loop
+        # (web/models/async_database.py), and the cache written from there.
+        await close_process()
+        room = await aget_room_for_user(alice, "den")
+        await publisher.publish(actions.Outgoing(alice, room, "again", "c2", member=True))
+        threads = list(get_process().publisher.threads.threads)
+        await close_process()
+        return threads
+
+    assert async_to_sync(publish)() == []  # no store thread ran it
     assert listed(bob)["den"] == (True, 2, 2)
 
 

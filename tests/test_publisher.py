@@ -180,7 +180,8 @@ async def test_closing_the_process_ends_its_store_threads(lobby: Room, alice: An
     assert not any(thread.is_alive() for thread in started)
 
 
-@override_settings(PUBLISH_IN_FLIGHT=1)
+# Its publishes are one statement each: the setting off keeps them on the store threads.
+@override_settings(PUBLISH_IN_FLIGHT=1, STORE_ON_EVENT_LOOP=False)
 async def test_a_store_thread_keeps_its_connection_until_it_fails(
     lobby: Room, alice: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -217,6 +218,7 @@ async def test_a_store_thread_keeps_its_connection_until_it_fails(
     assert backends[-1] != backends[2]  # a broken connection is not kept
 
 
+@override_settings(STORE_ON_EVENT_LOOP=False)  # as above
 async def test_a_store_thread_outlives_a_failure_to_hand_its_connection_back(
     lobby: Room, alice: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -39,17 +39,19 @@ for CACHE_TTL_SECONDS at most.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import msgspec
 from django.core.cache import caches
 from django.core.cache.backends.base import BaseCache
 from django.core.cache.backends.dummy import DummyCache
+from django.core.cache.backends.locmem import LocMemCache
 from django.core.signals import setting_changed
 from django.db import connection, transaction
 from pymemcache.exceptions import MemcacheError
@@ -98,6 +100,17 @@ def changed_last_seq(room_ids: Iterable[int]) -> None:
     _invalidate([room_version(pk) for pk in set(room_ids)])
 
 
+async def achanged_last_seq(room_ids: Iterable[int]) -> None:
+    """changed_last_seq after a statement committed on the event loop, outside Django's
+    transactions (web/models/async_database.py): at once. A cache across the network is
+    written from a thread, so the loop does not wait on it."""
+    bump = _bumper([room_version(pk) for pk in set(room_ids)])
+    if isinstance(_backend(), (type(None), LocMemCache)):
+        bump()
+    else:
+        await asyncio.to_thread(bump)
+
+
 def changed_memberships(user_ids: Iterable[Any]) -> None:
     _invalidate([user_version(pk) for pk in set(user_ids)])
 
@@ -122,6 +135,15 @@ def invalidate_all() -> None:
 
 
 def _invalidate(keys: list[str], delete: Iterable[str] = ()) -> None:
+    bump = _bumper(keys, delete)
+    if connection.in_atomic_block:
+        bump()  # the rest of this transaction reads its own writes
+    transaction.on_commit(bump)  # at once outside a transaction
+
+
+def _bumper(keys: list[str], delete: Iterable[str] = ()) -> Callable[[], None]:
+    """New tokens for the versions `keys` (and `delete` removed), when called."""
+
     def bump() -> None:
         if _backend() is None:
             return
@@ -141,9 +163,7 @@ def _invalidate(keys: list[str], delete: Iterable[str] = ()) -> None:
         if failed:
             lost_write("invalidate")
 
-    if connection.in_atomic_block:
-        bump()  # the rest of this transaction reads its own writes
-    transaction.on_commit(bump)  # at once outside a transaction
+    return bump
 
 
 # --- Reads: used by web/access.py -----------------------------------------------------------

@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -31,7 +31,11 @@ from web.models import (
     Message,
     Refused,
     Room,
+    Stored,
 )
+
+if TYPE_CHECKING:
+    from web.models.async_database import AsyncDatabase
 
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?$")
 CLIENT_MSG_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -148,21 +152,8 @@ def do_send_messages(batch: Sequence[Outgoing]) -> list[SentMessage | ApiError]:
     Each publish gets its own result: the stored message, or the error that refused it
     (refusing one does not refuse the others).
     """
-    results: list[SentMessage | ApiError | None] = [None] * len(batch)
-    valid: list[int] = []
-    for i, out in enumerate(batch):
-        try:
-            check_body(out.body)
-            check_client_msg_id(out.client_msg_id)
-        except ApiError as error:
-            results[i] = error
-        else:
-            valid.append(i)
-    joining = {
-        (batch[i].sender.pk, batch[i].room.pk)
-        for i in valid
-        if not batch[i].room.private and not batch[i].member
-    }
+    results, valid = _checked(batch)
+    joining = {(batch[i].sender.pk, batch[i].room.pk) for i in valid if _joins(batch[i])}
     if joining:
         # Posting in a public room joins it, so it shows up with unread counts. Rooms from
         # aget_room_for_user say whether the sender is a member already: then nothing to do.
@@ -182,12 +173,7 @@ def do_send_messages(batch: Sequence[Outgoing]) -> list[SentMessage | ApiError]:
     # batch with an "@" pays for the longer transaction.
     mentioning = any("@" in batch[i].body for i in valid)
     with transaction.atomic() if mentioning else nullcontext():
-        stored = Message.objects.store_batch(
-            [
-                Draft(batch[i].room.pk, batch[i].sender.pk, batch[i].body, batch[i].client_msg_id)
-                for i in valid
-            ]
-        )
+        stored = Message.objects.store_batch(_drafts(batch, valid))
         if mentioning:
             notifications.do_notify_mentions(
                 [
@@ -196,6 +182,68 @@ def do_send_messages(batch: Sequence[Outgoing]) -> list[SentMessage | ApiError]:
                     if isinstance(found, tuple) and found[1]
                 ]
             )
+    created = _answer(batch, valid, stored, results)
+    if created:
+        cache.changed_last_seq(room_id for room_id, _, _ in created)
+        events.send_messages(created)
+    return [r for r in results if r is not None]
+
+
+def stores_in_one_statement(batch: Sequence[Outgoing]) -> bool:
+    """Whether ado_send_messages may store the batch: nothing to write but the messages (no
+    sender joining a room by posting in it, no mention to notify)."""
+    return not any(_joins(out) or "@" in out.body for out in batch)
+
+
+async def ado_send_messages(
+    batch: Sequence[Outgoing], database: AsyncDatabase
+) -> list[SentMessage | ApiError]:
+    """do_send_messages for a batch that stores_in_one_statement, awaited on the event loop:
+    its one statement (committed by itself) through `database`, then the same broadcast."""
+    results, valid = _checked(batch)
+    stored = await Message.objects.astore_batch(_drafts(batch, valid), database)
+    created = _answer(batch, valid, stored, results)
+    if created:
+        await cache.achanged_last_seq(room_id for room_id, _, _ in created)
+        events.send_messages(created, committed=True)
+    return [r for r in results if r is not None]
+
+
+Results = list[SentMessage | ApiError | None]
+
+
+def _checked(batch: Sequence[Outgoing]) -> tuple[Results, list[int]]:
+    """A result slot per publish, the refused ones filled, and the indexes of the others."""
+    results: Results = [None] * len(batch)
+    valid: list[int] = []
+    for i, out in enumerate(batch):
+        try:
+            check_body(out.body)
+            check_client_msg_id(out.client_msg_id)
+        except ApiError as error:
+            results[i] = error
+        else:
+            valid.append(i)
+    return results, valid
+
+
+def _joins(out: Outgoing) -> bool:
+    """Whether storing the publish makes its sender a member of its (public) room."""
+    return not out.room.private and not out.member
+
+
+def _drafts(batch: Sequence[Outgoing], valid: list[int]) -> list[Draft]:
+    return [
+        Draft(batch[i].room.pk, batch[i].sender.pk, batch[i].body, batch[i].client_msg_id)
+        for i in valid
+    ]
+
+
+def _answer(
+    batch: Sequence[Outgoing], valid: list[int], stored: list[Stored], results: Results
+) -> list[tuple[int, int, dict[str, Any]]]:
+    """Fill the results from what was stored; the new messages' (room id, seq, frame), in
+    room and seq order, to broadcast."""
     created: list[tuple[int, int, dict[str, Any]]] = []
     for i, found in zip(valid, stored, strict=True):
         out = batch[i]
@@ -213,9 +261,7 @@ def do_send_messages(batch: Sequence[Outgoing]) -> list[SentMessage | ApiError]:
     if created:
         metrics.MESSAGES_STORED.inc(len(created))
         created.sort(key=lambda room_seq_frame: room_seq_frame[:2])
-        cache.changed_last_seq(room_id for room_id, _, _ in created)
-        events.send_messages(created)
-    return [r for r in results if r is not None]
+    return created
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
-from django.db import IntegrityError, connection, models, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, models, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.db.models.base import ModelState
 from django.db.models.signals import post_init, pre_init
@@ -18,6 +18,8 @@ from web.models.store_statement import store_batch_sql
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
+
+    from web.models.async_database import AsyncDatabase
 
 
 class RoomManager(models.Manager["Room"]):
@@ -113,6 +115,38 @@ Key = tuple[int, Any, str]  # (room id, sender id, client_msg_id)
 Found = tuple["Message", bool]  # a stored message, and whether this call created it
 
 
+def _unique(drafts: Sequence[Draft]) -> list[Draft]:
+    """The first draft of each (room, sender, client_msg_id), in order."""
+    firsts: dict[Key, Draft] = {}
+    for d in drafts:
+        firsts.setdefault(d.key, d)
+    return list(firsts.values())
+
+
+def _statement_params(drafts: list[Draft]) -> dict[str, list[Any]]:
+    return {
+        "rooms": [d.room_id for d in drafts],
+        "senders": [d.sender_id for d in drafts],
+        "bodies": [d.body for d in drafts],
+        "ids": [d.client_msg_id for d in drafts],
+    }
+
+
+def _results(drafts: Sequence[Draft], stored: list[Found], refused: list[Key]) -> list[Stored]:
+    """One result per draft, in order; a repeat of a draft earlier in the batch is a retry."""
+    by_key: dict[Key, Stored] = {
+        (m.room_id, m.sender_id, m.client_msg_id): (m, created) for m, created in stored
+    }
+    by_key.update((key, REFUSED) for key in refused)
+    results: list[Stored] = []
+    for d in drafts:
+        found = by_key.get(d.key)
+        results.append(found)
+        if isinstance(found, tuple):
+            by_key[d.key] = (found[0], False)
+    return results
+
+
 class MessageManager(models.Manager["Message"]):
     def store_batch(self, drafts: Sequence[Draft]) -> list[Stored]:
         """Store drafts (for any rooms) with their rooms' next seqs, in order.
@@ -125,10 +159,7 @@ class MessageManager(models.Manager["Message"]):
         """
         if not drafts:
             return []
-        firsts: dict[tuple[int, Any, str], Draft] = {}
-        for d in drafts:
-            firsts.setdefault(d.key, d)
-        unique = list(firsts.values())
+        unique = _unique(drafts)
         for attempt in range(1, STORE_ATTEMPTS + 1):
             try:
                 # Outside a transaction the statement commits by itself; inside one (tests,
@@ -146,35 +177,38 @@ class MessageManager(models.Manager["Message"]):
                 # it fails again only if yet another such retry commits meanwhile.
                 if attempt == STORE_ATTEMPTS:
                     raise
-        by_key: dict[tuple[int, Any, str], Stored] = {
-            (m.room_id, m.sender_id, m.client_msg_id): (m, created) for m, created in stored
-        }
-        by_key.update((key, REFUSED) for key in refused)
-        results: list[Stored] = []
-        for d in drafts:
-            found = by_key.get(d.key)
-            results.append(found)
-            if isinstance(found, tuple):
-                by_key[d.key] = (found[0], False)  # a repeat in this batch is a retry
-        return results
+        return _results(drafts, stored, refused)
+
+    async def astore_batch(self, drafts: Sequence[Draft], database: AsyncDatabase) -> list[Stored]:
+        """store_batch on PostgreSQL, its statement awaited on the event loop through
+        `database` (web/models/async_database.py) instead of run on this thread."""
+        if not drafts:
+            return []
+        unique = _unique(drafts)
+        for attempt in range(1, STORE_ATTEMPTS + 1):
+            try:
+                rows = await database.fetchall(store_batch_sql(), _statement_params(unique))
+                break
+            except IntegrityError:  # a concurrent retry committed: as in store_batch
+                if attempt == STORE_ATTEMPTS:
+                    raise
+        return _results(drafts, *self._from_statement(DEFAULT_DB_ALIAS, rows))
 
     def _store_in_one_statement(self, drafts: list[Draft]) -> tuple[list[Found], list[Key]]:
         """One round trip, committed on its own: the rooms' row locks are held only for this
         statement and its commit, so publishes to one room follow each other closely."""
         with prepared_cursor() as cursor:  # parsed and planned once per connection
-            cursor.execute(
-                store_batch_sql(),
-                {
-                    "rooms": [d.room_id for d in drafts],
-                    "senders": [d.sender_id for d in drafts],
-                    "bodies": [d.body for d in drafts],
-                    "ids": [d.client_msg_id for d in drafts],
-                },
-            )
+            cursor.execute(store_batch_sql(), _statement_params(drafts))
             rows = cursor.fetchall()
+        return self._from_statement(connection.alias, rows)
+
+    def _from_statement(
+        self, db: str, rows: list[tuple[Any, ...]]
+    ) -> tuple[list[Found], list[Key]]:
+        """The statement's rows: the messages it stored or found, and the drafts it refused."""
         refused = [(r[1], r[3], r[5]) for r in rows if r[-1] is None]
         rows = [r for r in rows if r[-1] is not None]
-        messages = self._from_rows(connection.alias, rows)
+        messages = self._from_rows(db, rows)
         return list(zip(messages, (r[-1] for r in rows), strict=True)), refused
 
     def _from_rows(self, db: str, rows: list[tuple[Any, ...]]) -> list[Message]:
