@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import signal
 import sys
 from pathlib import Path
 
@@ -114,6 +115,10 @@ def raise_open_files_limit() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Ctrl-C (SIGINT) stops the run and reports what it saw, even when this process was
+    # started with SIGINT ignored, as a non-interactive shell starts a background job: the
+    # ignored disposition survives exec, and Python then installs no handler of its own.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     args = parser().parse_args(argv)
     try:
         config = config_from(args)

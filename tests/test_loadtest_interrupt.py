@@ -1,0 +1,61 @@
+"""Ctrl-C stops a chat-loadtest run, which then reports what it saw (docs/loadtest.md)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.services import BIN, ROOT, free_port, wait_for_port
+
+
+@pytest.fixture
+def ceiling() -> Iterator[str]:
+    """The benchmark's bare websockets server: enough of the protocol for chat-loadtest."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "baselines" / "ceiling.py"), "--port", str(port)]
+    )
+    wait_for_port(port, server, None)
+    yield f"ws://127.0.0.1:{port}/"
+    server.kill()
+    server.wait()
+
+
+# Started as a non-interactive shell starts a background job (`make test &`, nohup): SIGINT
+# ignored, which exec keeps.
+SIGINT_IGNORED = ["sh", "-c", 'trap "" INT; exec "$0" "$@"']
+
+
+def test_sigint_stops_the_run_even_when_started_with_sigint_ignored(
+    ceiling: str, tmp_path: Path
+) -> None:
+    ready, report = tmp_path / "ready", tmp_path / "report.json"
+    load = subprocess.Popen(
+        [
+            *SIGINT_IGNORED,
+            *(str(BIN / "chat-loadtest"), "--url", ceiling, "--rooms", "1"),
+            *("--connections", "2", "--publishers", "1", "--rate", "5", "--procs", "1"),
+            *("--duration", "60", "--max-seconds", "70"),
+            *("--ready-file", str(ready), "--json", str(report)),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not ready.exists():
+            assert load.poll() is None, "chat-loadtest ended before it was ready"
+            assert time.monotonic() < deadline, "chat-loadtest never got ready"
+            time.sleep(0.05)
+        load.send_signal(signal.SIGINT)
+        load.wait(timeout=15)  # without the fix it runs on to --duration
+    finally:
+        load.kill()
+        load.wait()
+    assert json.loads(report.read_text())["aborted"] == "interrupted"
