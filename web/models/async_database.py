@@ -7,7 +7,8 @@ one-message batch against 180 us for the same statement awaited on the event loo
 checkout. The pool is psycopg_pool's, with the connection parameters, adapters (time zone),
 session options (statement_timeout, the generic plans) and pool timeout of Django's own
 DATABASES["default"], and PUBLISH_IN_FLIGHT connections at most; it is made on first use on
-the running event loop, and again on another loop (tests run one per test).
+the running event loop, and again if a later use is on another loop (tests that run their
+own).
 """
 
 from __future__ import annotations
