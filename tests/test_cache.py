@@ -7,8 +7,10 @@ memcached. Faults are in tests/test_cache_faults.py.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from realtime import publisher
 from realtime.process import close_process, get_process
 from tests.cache_servers import MEMCACHED, MemcachedServer, errors, listed, use_cache
 from tests.settings_probe import settings_under
-from web import actions
+from web import actions, cache
 from web.access import aget_room_for_user, get_room_for_user
 from web.errors import Forbidden
 from web.models import Room
@@ -136,6 +138,32 @@ def test_a_message_stored_on_the_event_loop_moves_last_seq_too(
 
     assert async_to_sync(publish)() == []  # no store thread ran it
     assert listed(bob)["den"] == (True, 2, 2)
+
+
+@pytest.mark.parametrize("backend", ["redis", "redis cluster"], indirect=True)
+def test_a_bump_from_the_event_loop_does_not_wait_for_a_thread(
+    backend: str, den: Room, bob: Any
+) -> None:
+    """On Redis the loop writes the bump itself (web/cache_bumps.py): a batch stored there is
+    not held up behind the loop's threads (busy, or waiting for the GIL under load)."""
+    for _ in range(2):  # the second read tags each room's last_seq with its version
+        assert listed(bob)["den"] == (True, 0, 0)
+    Room.objects.filter(pk=den.pk).update(last_seq=1)  # a store whose bump is still to come
+    assert listed(bob)["den"] == (True, 0, 0)
+    busy = threading.Event()
+
+    async def bump_while_every_thread_is_busy() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+        held = loop.run_in_executor(None, busy.wait, 30)
+        try:
+            await asyncio.wait_for(cache.achanged_last_seq([den.pk]), timeout=5)
+        finally:
+            busy.set()
+            await held
+
+    async_to_sync(bump_while_every_thread_is_busy)()
+    assert listed(bob)["den"] == (True, 1, 1)
 
 
 def test_a_read_marker_moved_shows_in_the_list(

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import redis
+from asgiref.sync import async_to_sync
 from django.conf import settings as django_settings
 from django.test import Client
 from pytest_redis.config import get_config
@@ -116,6 +117,28 @@ def test_an_invalidation_redis_refused_is_made_good_when_it_accepts_writes(
     try:
         before = errors("invalidate")
         actions.do_send_message(alice, den, "hello", "c1")  # the bump is refused
+        assert errors("invalidate") == before + 1
+    finally:
+        raw.config_set("maxmemory", "0")
+        raw.close()
+    time.sleep(RETRY)
+    assert listed(bob)["den"] == (True, 1, 1)
+
+
+def test_an_invalidation_refused_on_the_event_loop_is_made_good_too(
+    own_redis: RedisExecutor, den: Room, alice: Any, bob: Any
+) -> None:
+    """The bump of a batch stored on the event loop, written from there (web/cache_bumps.py),
+    refused by a full Redis: counted, and made good by the epoch as the blocking one is."""
+    for _ in range(2):
+        assert listed(bob)["den"] == (True, 0, 0)
+    Room.objects.filter(pk=den.pk).update(last_seq=1)  # the store; its bump comes next
+    raw = redis.Redis(host="127.0.0.1", port=own_redis.port)
+    raw.config_set("maxmemory-policy", "noeviction")
+    raw.config_set("maxmemory", "1")
+    try:
+        before = errors("invalidate")
+        async_to_sync(cache.achanged_last_seq)([den.pk])  # refused: no error raised
         assert errors("invalidate") == before + 1
     finally:
         raw.config_set("maxmemory", "0")

@@ -54,22 +54,15 @@ from django.core.cache.backends.dummy import DummyCache
 from django.core.cache.backends.locmem import LocMemCache
 from django.core.signals import setting_changed
 from django.db import connection, transaction
-from pymemcache.exceptions import MemcacheError
 
-from project import metrics, redis_config
+from project import metrics
+from web import cache_bumps
+from web.cache_entries import UNAVAILABLE, WRITE_UNAVAILABLE, Entry, get_many
 
 logger = logging.getLogger(__name__)
 
 EPOCH = "v:epoch"
 ROOMS = "v:rooms"
-
-# The cache service failing (down, timed out, refused); anything else a read raises is an
-# entry that did not decode.
-UNAVAILABLE = (OSError, *redis_config.ERRORS, MemcacheError)
-# Writes also: pymemcache's HashClient (Django's PyMemcacheCache) can raise ValueError ("No
-# such node ... to remove") when a server fails again while its dead-server bookkeeping is
-# half-way (retry_attempts=0); the server is down all the same. Seen in tests/test_cache_faults.py.
-WRITE_UNAVAILABLE = (*UNAVAILABLE, ValueError)
 
 T = TypeVar("T")
 
@@ -86,13 +79,6 @@ def room_version(room_id: int) -> str:
     return f"v:room:{room_id}"
 
 
-class Entry(msgspec.Struct, array_like=True):
-    """A cached value and the version tokens it was computed at."""
-
-    tags: list[int]
-    data: msgspec.Raw
-
-
 # --- Invalidation: called by actions ------------------------------------------------------
 
 
@@ -102,13 +88,18 @@ def changed_last_seq(room_ids: Iterable[int]) -> None:
 
 async def achanged_last_seq(room_ids: Iterable[int]) -> None:
     """changed_last_seq after a statement committed on the event loop, outside Django's
-    transactions (web/models/async_database.py): at once. A cache across the network is
-    written from a thread, so the loop does not wait on it."""
-    bump = _bumper([room_version(pk) for pk in set(room_ids)])
-    if isinstance(_backend(), (type(None), LocMemCache)):
-        bump()
-    else:
-        await asyncio.to_thread(bump)
+    transactions (web/models/async_database.py): at once, without blocking the loop. Redis is
+    written from the loop (web/cache_bumps.py), memcached from a thread."""
+    keys = [room_version(pk) for pk in set(room_ids)]
+    bump, backend = _bumper(keys), _backend()
+    if isinstance(backend, (type(None), LocMemCache)) or _state.pending or _down():
+        return bump()  # in memory, or nothing written: the epoch is bumped once it answers
+    writer = cache_bumps.writer(backend)
+    tokens, ttl = {k: new_token() for k in keys}, _version_ttl(backend)
+    try:
+        await (asyncio.to_thread(bump) if writer is None else writer.set_tokens(tokens, ttl))
+    except WRITE_UNAVAILABLE:
+        lost_write("invalidate")
 
 
 def changed_memberships(user_ids: Iterable[Any]) -> None:
@@ -147,7 +138,7 @@ def _bumper(keys: list[str], delete: Iterable[str] = ()) -> Callable[[], None]:
     def bump() -> None:
         if _backend() is None:
             return
-        if _state.pending or time.monotonic() < _state.down_until:
+        if _state.pending or _down():
             # Not worth a timeout now: the epoch is bumped once the cache answers again.
             _state.pending = True
             _schedule_retry()
@@ -203,7 +194,7 @@ class Read:
     def more_versions(self, keys: list[str]) -> dict[str, int] | None:
         """Current tokens for more versions (one round trip), or None if the cache failed."""
         try:
-            return _versions(self.backend, _get_many(self.backend, keys), keys)
+            return _versions(self.backend, get_many(self.backend, keys), keys)
         except UNAVAILABLE:
             _failed("get")
             return None
@@ -229,7 +220,7 @@ def read(kind: str, keys: list[str], versions: list[str]) -> Read | None:
             metrics.CACHE_LOOKUPS.labels(kind, "unavailable").inc()
         return None
     try:
-        raw = _get_many(backend, [*keys, *versions])
+        raw = get_many(backend, [*keys, *versions])
         return Read(backend, raw, _versions(backend, raw, versions))
     except UNAVAILABLE:
         _failed("get")
@@ -265,36 +256,6 @@ def _versions(backend: BaseCache, raw: dict[str, Any], keys: list[str]) -> dict[
     return {**found, **missing}
 
 
-def _get_many(backend: BaseCache, keys: list[str]) -> dict[str, Any]:
-    try:
-        return backend.get_many(keys)
-    except UNAVAILABLE:
-        raise
-    except ValueError as error:
-        if "No such node" in str(error):  # pymemcache's bookkeeping: see WRITE_UNAVAILABLE
-            raise MemcacheError(str(error)) from error
-        return _get_each(backend, keys)
-    except Exception:
-        return _get_each(backend, keys)
-
-
-def _get_each(backend: BaseCache, keys: list[str]) -> dict[str, Any]:
-    """An entry the backend could not unpickle: find it, drop it, keep the others."""
-    found = {}
-    for key in keys:
-        try:
-            value = backend.get(key)
-        except UNAVAILABLE:
-            raise
-        except Exception:
-            metrics.CACHE_ERRORS.labels("decode").inc()
-            backend.delete(key)
-            continue
-        if value is not None:
-            found[key] = value
-    return found
-
-
 def _version_ttl(backend: BaseCache) -> int | None:
     # Longer than the entries that carry them; a token that expired is replaced by a new one.
     ttl = backend.default_timeout
@@ -326,9 +287,13 @@ def _backend() -> BaseCache | None:
     return _state.backend
 
 
+def _down() -> bool:
+    return time.monotonic() < _state.down_until
+
+
 def _usable() -> BaseCache | None:
     backend = _backend()
-    if backend is None or time.monotonic() < _state.down_until:
+    if backend is None or _down():
         return None
     if _state.pending and not _bump_epoch(backend):
         return None
@@ -387,6 +352,7 @@ def _forget(**kwargs: Any) -> None:
             for pool in getattr(client, "_pools", {}).values():
                 pool.disconnect()
         _state.__init__()  # type: ignore[misc]  # a fresh state: tests switch backends
+        cache_bumps.forget()
 
 
 setting_changed.connect(_forget, dispatch_uid="web.cache.forget")

@@ -15,6 +15,7 @@ from asgiref.sync import sync_to_async
 from django.contrib.sessions.backends import cached_db
 
 from web import cache
+from web.cache_entries import UNAVAILABLE
 
 
 class EpochCache:
@@ -36,7 +37,7 @@ class EpochCache:
             return
         try:
             found.backend.set(key, (found.tags(cache.EPOCH)[0], value), expiry)
-        except cache.UNAVAILABLE:
+        except UNAVAILABLE:
             cache.lost_write("session")
 
     def delete(self, key: str) -> None:
@@ -46,7 +47,7 @@ class EpochCache:
             return
         try:
             backend.delete(key)
-        except cache.UNAVAILABLE:
+        except UNAVAILABLE:
             cache.lost_write("session")
 
     def __contains__(self, key: str) -> bool:
