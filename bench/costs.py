@@ -151,7 +151,11 @@ def main() -> int:
     parser.add_argument("--py-spy", help="a py-spy executable: sample the server")
     parser.add_argument("--top", type=int, default=25, help="frames to list")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="NAME=VALUE", help="a product setting"
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a product setting; {redis} in it is the run's Redis (host:port)",
     )
     args = parser.parse_args()
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")

@@ -283,7 +283,11 @@ class Services:
                 **{name: str(UNLIMITED) for name in FLOOD_CONTROL},
                 # Scenario 5 holds 19,000 sockets; the default cap (15,000) would refuse some.
                 "MAX_CONNECTIONS_PER_PROCESS": "19500",
-                **self.settings,
+                # "{redis}" in a value is this run's Redis (--set CACHE_URL=redis://{redis}/1).
+                **{
+                    name: value.replace("{redis}", f"127.0.0.1:{self.redis_port}")
+                    for name, value in self.settings.items()
+                },
             }
         )
 
