@@ -1,4 +1,5 @@
-"""Ctrl-C stops a chat-loadtest run, which then reports what it saw (docs/loadtest.md)."""
+"""chat-loadtest against the benchmark's bare server: it offers the rate asked for, and Ctrl-C
+stops a run, which then reports what it saw (docs/loadtest.md)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench.services import BIN, ROOT, free_port, wait_for_port
+from loadtest.worker import PUBLISH_TICK_SECONDS
 
 
 @pytest.fixture
@@ -26,6 +28,29 @@ def ceiling() -> Iterator[str]:
     yield f"ws://127.0.0.1:{port}/"
     server.kill()
     server.wait()
+
+
+def test_the_rate_is_kept_while_publishers_wake_once_per_tick(ceiling: str, tmp_path: Path) -> None:
+    """At 2,000 msg/s a message falls due every 0.5 ms and the publishers wake every
+    PUBLISH_TICK_SECONDS (2 ms): each wake sends all that fell due since the last."""
+    assert PUBLISH_TICK_SECONDS > 1 / 2000  # several messages per wake
+    report = tmp_path / "report.json"
+    subprocess.run(
+        [
+            *(str(BIN / "chat-loadtest"), "--url", ceiling, "--rooms", "2"),
+            *("--connections", "4", "--publishers", "2", "--rate", "2000", "--procs", "1"),
+            *("--warmup", "1", "--duration", "2", "--max-seconds", "30"),
+            *("--json", str(report), "--quiet"),
+        ],
+        stdout=subprocess.DEVNULL,
+        timeout=60,
+        check=True,
+    )
+    data = json.loads(report.read_text())
+    assert data["ok"], data["problems"]
+    # 3 s of publishing at 2,000 msg/s, less what fell due after the last wake.
+    assert 2000 * 3 * 0.99 <= data["publish"]["sent"] <= 2000 * 3
+    assert data["publish"]["acked"] == data["publish"]["sent"]
 
 
 # Started as a non-interactive shell starts a background job (`make test &`, nohup): SIGINT
