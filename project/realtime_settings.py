@@ -52,10 +52,11 @@ REBROADCAST_MAX = env.int("REBROADCAST_MAX", default=10_000)
 FANOUT_WRITE_DELAY_SECONDS = env.float("FANOUT_WRITE_DELAY_SECONDS", default=0.0)
 
 # Python's garbage collector (realtime/garbage.py): what start-up made is frozen (never walked
-# again), and a full collection (a pause of the event loop) runs at most every GC_THRESHOLDS[2]
-# collections of the middle generation. Python's own thresholds are 700,10,10.
+# again), a young collection runs once 10,000 more objects are alive than at the last, and a
+# full collection (a pause of the event loop) at most every GC_THRESHOLDS[2] collections of the
+# middle generation. Python's own thresholds are 700,10,10.
 GC_FREEZE = env.bool("GC_FREEZE", default=True)
-GC_THRESHOLDS: list[int] = env.list("GC_THRESHOLDS", cast=int, default=[700, 10, 100])
+GC_THRESHOLDS: list[int] = env.list("GC_THRESHOLDS", cast=int, default=[10_000, 10, 100])
 
 # Redis clients (realtime/redis_clients.py): how long each kind of call may wait.
 REDIS_CONNECT_TIMEOUT_SECONDS = env.float("REDIS_CONNECT_TIMEOUT_SECONDS", default=5.0)
