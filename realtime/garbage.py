@@ -13,10 +13,10 @@ that runs meanwhile promotes them, and Python runs a full collection once the ob
 promoted since the last one reach a quarter of those it holds. Three settings, at start-up:
 - `gc.freeze()` once the app is loaded (Django, the modules: about 135,000 objects): they
   live as long as the process and no collection walks them again;
-- a young collection once 10,000 more objects are alive than at the last (GC_THRESHOLDS[0];
-  Python's 700). Objects freed by their reference counts do not count, and a message's are:
-  at 6,400 messages a second (scenario 3) none ran in 15 s, against 100 a second with 700,
-  whose promotions led to the full collections;
+- a young collection once the objects made since the last, less those freed, reach 10,000
+  (GC_THRESHOLDS[0]; Python's 700). A message's objects are freed by their reference counts,
+  but a batch in flight holds thousands at once: at 6,400 messages a second (scenario 3)
+  none ran in 15 s, against 100 a second with 700, whose promotions led to full ones;
 - a full collection at most every GC_THRESHOLDS[2] collections of the middle generation
   (100 rather than Python's 10): every 20 s or so under that load instead of every 2.
 
