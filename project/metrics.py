@@ -26,6 +26,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from project.pool_metrics import PoolCollector
+
 # Socket writes take well under a millisecond on one machine; seconds mean trouble.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 QUERY_BUCKETS = (0, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144)
@@ -97,6 +99,11 @@ DB_REPLICA_FALLBACKS = Counter(
 )
 
 
+# The database pools' statistics, read when scraped (project/pool_metrics.py).
+POOLS = PoolCollector()
+REGISTRY.register(POOLS)
+
+
 def multiprocess_dir() -> str | None:
     """The folder every process of this pod writes its values to, if there is one."""
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
@@ -108,6 +115,7 @@ def registry() -> CollectorRegistry:
         return REGISTRY
     collected = CollectorRegistry()
     multiprocess.MultiProcessCollector(collected)  # type: ignore[no-untyped-call]  # untyped
+    collected.register(POOLS)  # this process's own: pools are not summed
     return collected
 
 

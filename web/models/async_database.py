@@ -23,6 +23,7 @@ from django.db.utils import DatabaseErrorWrapper
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg_pool import AsyncConnectionPool
 
+from project import pool_metrics
 from web.models.prepared import BY_COUNT_NEVER
 
 Row = tuple[Any, ...]
@@ -110,6 +111,7 @@ class AsyncDatabase:
                 open=False,
             )
             await pool.open(wait=False)
+            pool_metrics.watch(pool)  # on /metrics while it lives
             self._pool, self._loop = pool, loop
             # Django's mapping of psycopg's errors to its own; it uses no connection.
             self._errors = wrapper.wrap_database_errors
