@@ -91,13 +91,14 @@ async def achanged_last_seq(room_ids: Iterable[int]) -> None:
     transactions (web/models/async_database.py): at once, without blocking the loop. Redis is
     written from the loop (web/cache_bumps.py), memcached from a thread."""
     keys = [room_version(pk) for pk in set(room_ids)]
-    bump, backend = _bumper(keys), _backend()
+    backend = _backend()
     if isinstance(backend, (type(None), LocMemCache)) or _state.pending or _down():
-        return bump()  # in memory, or nothing written: the epoch is bumped once it answers
+        return _bumper(keys)()  # in memory, or nothing written: the epoch is bumped later
     writer = cache_bumps.writer(backend)
-    tokens, ttl = {k: new_token() for k in keys}, _version_ttl(backend)
+    if writer is None:
+        return await asyncio.to_thread(_bumper(keys))
     try:
-        await (asyncio.to_thread(bump) if writer is None else writer.set_tokens(tokens, ttl))
+        await writer.set_tokens({k: new_token() for k in keys}, _version_ttl(backend))
     except WRITE_UNAVAILABLE:
         lost_write("invalidate")
 
