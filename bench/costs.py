@@ -38,13 +38,13 @@ from loadtest.coordinator import START_DELAY_S
 
 PG_COUNTERS = """
     SELECT d.xact_commit, d.tup_inserted, d.tup_updated, w.wal_records, w.wal_fpi,
-           w.wal_bytes, w.wal_write, w.wal_sync
+           w.wal_bytes, w.wal_write, w.wal_sync, w.wal_sync_time
     FROM pg_stat_database d, pg_stat_wal w WHERE d.datname = 'chat'
 """
 
 # Statements by text, all of them (pg_stat_statements, loaded for this run only).
 STATEMENTS = """
-    SELECT query, calls FROM pg_stat_statements
+    SELECT query, calls, total_exec_time FROM pg_stat_statements
     WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'chat')
 """
 PG_NAMES = (
@@ -56,19 +56,35 @@ PG_NAMES = (
     "wal_bytes",
     "wal_writes",
     "wal_fsyncs",
+    "wal_fsync_ms",  # with track_wal_io_timing, on for this run
 )
 
 
 def pg_counters(port: int) -> tuple[dict[str, float], Counter[str]]:
-    """Commits, rows and WAL so far, and calls so far per statement."""
+    """Commits, rows and WAL so far; calls so far per statement, and its milliseconds as
+    "<statement> ms"."""
     with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="chat") as conn:
         conn.execute("SELECT pg_stat_clear_snapshot()")
         row = conn.execute(PG_COUNTERS).fetchone()
-        calls = Counter(
-            {" ".join(str(q).split())[:120]: int(n) for q, n in conn.execute(STATEMENTS)}
-        )
+        calls: Counter[str] = Counter()
+        for query, n, ms in conn.execute(STATEMENTS):
+            text = " ".join(str(query).split())[:120]
+            calls[text], calls[f"{text} ms"] = int(n), round(float(ms))
     assert row is not None  # noqa: S101 -- the database exists
     return {name: float(value) for name, value in zip(PG_NAMES, row, strict=True)}, calls
+
+
+def statements(before: Counter[str], after: Counter[str], messages: float) -> dict[str, float]:
+    """The dozen statements called most over the window, per message and per call."""
+    calls = after - before
+    found: dict[str, float] = {}
+    for query, n in Counter({q: n for q, n in calls.items() if not q.endswith(" ms")}).most_common(
+        12
+    ):
+        if messages and "pg_stat" not in query:
+            found[query] = round(n / messages, 3)
+            found[f"{query} ms"] = round(calls[f"{query} ms"] / n, 3)
+    return found
 
 
 def redis_commands(port: int) -> Counter[str]:
@@ -112,28 +128,59 @@ def syscalls(pid: int) -> dict[str, int]:
     return {"reads": int(fields["syscr"]), "writes": int(fields["syscw"])}
 
 
-def gc_pauses(port: int) -> dict[str, float]:
-    """The product's garbage collector so far (`chat_gc_pause_seconds`, realtime/garbage.py):
-    per generation, its collections, their seconds, and those over 50 ms."""
+def product_metrics(port: int) -> dict[str, float]:
+    """The product's /metrics so far, read over HTTP: per generation, the garbage collector's
+    collections, their seconds and those over 50 ms (`chat_gc_pause_seconds`,
+    realtime/garbage.py); the publisher's batches, their publishes and their seconds
+    (`chat_publish_batch_*`, realtime/publisher.py)."""
     url = f"http://127.0.0.1:{port}/metrics"
     with urllib.request.urlopen(url, timeout=60) as response:
         text = response.read().decode()
     found: dict[str, float] = {}
+    # (family, sample suffix) -> the name it is kept under
+    kept = {
+        ("chat_publish_batch_size", "_count"): "batches",
+        ("chat_publish_batch_size", "_sum"): "batch publishes",
+        ("chat_publish_batch_seconds", "_sum"): "batch seconds",
+        ("chat_fanout_latency_seconds", "_count"): "batch fanouts",
+        ("chat_fanout_latency_seconds", "_sum"): "batch fanout seconds",
+    }
     for family in text_string_to_metric_families(text):
-        if family.name != "chat_gc_pause_seconds":
-            continue
         for sample in family.samples:
+            suffix = sample.name[len(family.name) :]
+            if (family.name, suffix) in kept:
+                found[kept[family.name, suffix]] = sample.value
+            if family.name != "chat_gc_pause_seconds":
+                continue
             generation = sample.labels.get("generation")
-            if sample.name.endswith("_count"):
+            if suffix == "_count":
                 found[f"{generation} collections"] = sample.value
-            elif sample.name.endswith("_sum"):
+            elif suffix == "_sum":
                 found[f"{generation} seconds"] = sample.value
-            elif sample.name.endswith("_bucket") and sample.labels.get("le") == "0.05":
+            elif suffix == "_bucket" and sample.labels.get("le") == "0.05":
                 found[f"{generation} within 50 ms"] = sample.value
     for generation in "012":
         within = found.pop(f"{generation} within 50 ms", 0.0)
         found[f"{generation} over 50 ms"] = found.get(f"{generation} collections", 0.0) - within
     return found
+
+
+def batches(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None] | None:
+    """The publisher's batches over the window: how many, their mean publishes and mean ms;
+    and the mean ms from an event's commit to its frames written (chat_fanout_latency)."""
+    count = after.get("batches", 0.0) - before.get("batches", 0.0)
+    if not count:
+        return None
+    publishes = after["batch publishes"] - before["batch publishes"]
+    seconds = after["batch seconds"] - before["batch seconds"]
+    fanouts = after.get("batch fanouts", 0.0) - before.get("batch fanouts", 0.0)
+    fanout_s = after.get("batch fanout seconds", 0.0) - before.get("batch fanout seconds", 0.0)
+    return {
+        "batches": count,
+        "publishes_each": round(publishes / count, 2),
+        "ms_each": round(seconds / count * 1000, 2),
+        "commit_to_written_ms": round(fanout_s / fanouts * 1000, 2) if fanouts else None,
+    }
 
 
 def main() -> int:
@@ -162,7 +209,7 @@ def main() -> int:
     results = ROOT / "bench" / "results" / f"costs-{args.target}-{stamp}"
     results.mkdir(parents=True)
     services = Services(Path(tempfile.mkdtemp(prefix="chat-costs-")), results)
-    services.pg_options = "-c shared_preload_libraries=pg_stat_statements"
+    services.pg_options = "-c shared_preload_libraries=pg_stat_statements -c track_wal_io_timing=on"
     services.settings = dict(item.split("=", 1) for item in args.set)
     try:
         services.start()
@@ -210,7 +257,7 @@ def main() -> int:
                 # Aside: a busy server may take a while to answer, and the window opens now.
                 reading.append(
                     threading.Thread(
-                        target=lambda: before.__setitem__("gc", gc_pauses(server.port)),
+                        target=lambda: before.__setitem__("gc", product_metrics(server.port)),
                         daemon=True,
                     )
                 )
@@ -234,7 +281,7 @@ def main() -> int:
             """At the end of the window, before the generator's sockets close."""
             after["syscalls"] = syscalls(server.pid)
             if args.target == "product":  # first: the generator's sockets close soon
-                after["gc"] = gc_pauses(server.port)
+                after["gc"] = product_metrics(server.port)
             after["redis"] = redis_commands(services.redis_port)
             after["pg"] = pg_counters(services.pg_port)
 
@@ -285,17 +332,27 @@ def main() -> int:
         },
         # Over the window: the garbage collector's pauses by generation (the product only).
         # None when the reading at the window's start failed.
-        "gc_pauses": {k: round(v - before["gc"][k], 4) for k, v in gc_after.items()}
+        "gc_pauses": {
+            k: round(v - before["gc"][k], 4)
+            for k, v in gc_after.items()
+            if "batch" not in k and k in before["gc"]
+        }
         if "gc" in before
         else None,
+        # The publisher's batches over the window (the product only).
+        "publish_batches": batches(before["gc"], gc_after) if "gc" in before else None,
         "postgres_per_message": {
             k: (pg_after[0][k] - before["pg"][0][k]) / messages for k in PG_NAMES if messages
         },
-        "statements_per_message": {
-            q: round(n / messages, 3)
-            for q, n in (pg_after[1] - before["pg"][1]).most_common(12)
-            if messages and "pg_stat" not in q
-        },
+        # How long PostgreSQL's WAL fsyncs took: each commit of a batch waits for one.
+        "postgres_ms_per_fsync": round(
+            (pg_after[0]["wal_fsync_ms"] - before["pg"][0]["wal_fsync_ms"])
+            / max(pg_after[0]["wal_fsyncs"] - before["pg"][0]["wal_fsyncs"], 1),
+            3,
+        ),
+        # Calls per message by statement, and "<statement> ms": PostgreSQL's milliseconds
+        # per call of it (its execution: planning and the commit are not counted).
+        "statements_per_message": statements(before["pg"][1], pg_after[1], messages),
         # Calls per message by command, and "<command> usec": Redis' microseconds on them.
         "redis_per_message": {
             k: round((n - before["redis"].get(k, 0)) / messages, 3)
