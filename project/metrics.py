@@ -31,6 +31,7 @@ from project.pool_metrics import PoolCollector
 # Socket writes take well under a millisecond on one machine; seconds mean trouble.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 QUERY_BUCKETS = (0, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144)
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500)
 
 WS_CONNECTIONS = Gauge(
     "chat_ws_connections", "Open websocket connections in this process", multiprocess_mode="livesum"
@@ -45,6 +46,16 @@ WS_FRAMES_RECEIVED = Counter(
 )
 WS_FRAMES_SENT = Counter("chat_ws_frames_sent", "Websocket frames sent to clients")
 MESSAGES_STORED = Counter("chat_messages_stored", "Chat messages stored (new ones, not retries)")
+# The publisher's batches (realtime/publisher.py): how many publishes each stored together, and
+# how long each took from its start to its messages stored and handed to the channel layer.
+PUBLISH_BATCH_SIZE = Histogram(
+    "chat_publish_batch_size", "Publishes stored together in one batch", buckets=BATCH_BUCKETS
+)
+PUBLISH_BATCH_SECONDS = Histogram(
+    "chat_publish_batch_seconds",
+    "From a publish batch's start to its messages stored and handed to the channel layer",
+    buckets=LATENCY_BUCKETS,
+)
 FANOUT_LATENCY = Histogram(
     "chat_fanout_latency_seconds",
     "From a stored event's commit to its frame being written to this process's sockets",

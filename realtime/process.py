@@ -65,12 +65,13 @@ class Process:
         # Its members leave Redis now, not at their expiry (bounded; its loop is a task).
         with contextlib.suppress(Exception):
             await self.presence.aclose()
+        # First the batches being stored: one whose statement committed is still broadcast.
+        await self.publisher.aclose()
         mine = [t for t in self.tasks if t.get_loop() is loop and t is not asyncio.current_task()]
         for task in mine:
             task.cancel()
         if mine:
             await asyncio.wait(mine, timeout=SHUTDOWN_WAIT)
-        self.publisher.threads.close()
         with contextlib.suppress(Exception):
             await self.database.aclose()
         if self.cluster_limits is not None:

@@ -28,7 +28,8 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connections
 
-from realtime.process import get_process
+from project import metrics
+from realtime.process import SHUTDOWN_WAIT, get_process
 from realtime.tasks import answer_each, spawn
 from web.actions import (
     Outgoing,
@@ -57,9 +58,9 @@ async def send_messages(batch: list[Outgoing]) -> list[SentMessage | ApiError]:
     (web.actions.do_send_messages: a sender joining a room, a mention, SQLite)."""
     process = get_process()
     if process.database.usable() and _publishes_on_loop() and stores_in_one_statement(batch):
-        # Shielded: a batch whose statement committed is broadcast even if the process is
-        # stopping (its waiters are cancelled then; their clients publish again).
-        return await asyncio.shield(ado_send_messages(batch, process.database))
+        # Not shielded (a task and two turns of the loop): a lane is not cancelled while it
+        # stores, unless the shutdown's wait for it ran out (Publisher.aclose).
+        return await ado_send_messages(batch, process.database)
     return await process.publisher.threads.run(lambda: do_send_messages(batch))
 
 
@@ -151,15 +152,28 @@ def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
 
 
 class Publisher:
-    """This process's publishes: waiting for a transaction, or in one."""
+    """This process's publishes: waiting for a transaction, or in one.
+
+    Up to PUBLISH_IN_FLIGHT lanes store batches, each a task that takes the next batch as
+    soon as its last one is stored, and ends when nothing is waiting. A batch thus waits for
+    no turn of the event loop besides the database's answer: under load each turn is long
+    (it carries the fan-out of a batch), and the task per batch and the shield's task that
+    this replaces cost three turns a batch, which made batches larger, turns longer again,
+    and scenario 3's latency jump (docs/performance.md, "Lanes").
+    """
 
     def __init__(self) -> None:
         # room id -> publishes waiting for it, in arrival order (rooms in order of first arrival)
         self.waiting: dict[int, list[Waiting]] = {}
         self.busy: set[int] = set()  # rooms in a transaction now
-        self.in_flight = 0
-        self.start_scheduled: asyncio.AbstractEventLoop | None = None  # a start is due there
+        self.lanes: set[asyncio.Task[None]] = set()
+        self.starting: asyncio.AbstractEventLoop | None = None  # a lane is about to start there
         self.threads = StoreThreads()
+
+    @property
+    def in_flight(self) -> int:
+        """Lanes storing (or about to)."""
+        return len(self.lanes)
 
     async def publish(self, outgoing: Outgoing) -> SentMessage:
         """Store one publish (with the others waiting) and return its result."""
@@ -176,23 +190,36 @@ class Publisher:
             # clients got `unavailable` and will retry with the same client_msg_id).
             queue[:] = [(o, f) for o, f in queue if not f.done()]
         queue.append((outgoing, future))
-        if self.start_scheduled is not loop:
-            # Later in this turn of the loop: publishes read in the same turn go together.
-            self.start_scheduled = loop
-            loop.call_soon(self._start_batches)
+        if self.starting is not loop:
+            # Its first step comes later in this turn of the loop: publishes read in the
+            # same turn go together.
+            self._start_lane(loop)
         return future
 
-    def _start_batches(self) -> None:
-        self.start_scheduled = None
-        while self.in_flight < settings.PUBLISH_IN_FLIGHT:
-            batch = list(self._take_batch())
-            if not batch:
-                return
-            self.in_flight += 1
-            rooms = {o.room.pk for o, _ in batch}
-            self.busy.update(rooms)
-            # Its own task: the publisher whose arrival started it does not own the batch.
-            spawn(self._store(batch, rooms), name="publish batch")
+    def _start_lane(self, loop: asyncio.AbstractEventLoop) -> None:
+        if len(self.lanes) < settings.PUBLISH_IN_FLIGHT:
+            self.starting = loop
+            # Its own task: the publisher whose arrival started it does not own the batches.
+            self.lanes.add(spawn(self._lane(), name="publish lane"))
+
+    async def _lane(self) -> None:
+        self.starting = None
+        try:
+            while batch := list(self._take_batch()):
+                rooms = {o.room.pk for o, _ in batch}
+                self.busy.update(rooms)
+                if self.starting is None and any(r not in self.busy for r in self.waiting):
+                    self._start_lane(asyncio.get_running_loop())  # for what this one left
+                started = time.perf_counter()
+                try:
+                    # Looked up here, not bound at import: tests wrap it to watch the batches.
+                    await answer_each([f for _, f in batch], send_messages([o for o, _ in batch]))
+                finally:
+                    self.busy.difference_update(rooms)
+                    metrics.PUBLISH_BATCH_SIZE.observe(len(batch))
+                    metrics.PUBLISH_BATCH_SECONDS.observe(time.perf_counter() - started)
+        finally:
+            self.lanes.discard(asyncio.current_task())  # type: ignore[arg-type]  # a lane's own
 
     def _take_batch(self) -> Iterator[Waiting]:
         """Up to PUBLISH_BATCH_MAX waiting publishes, whole rooms at a time, none of a busy
@@ -211,14 +238,15 @@ class Publisher:
             if room_left <= 0:
                 return
 
-    async def _store(self, batch: list[Waiting], rooms: set[int]) -> None:
-        try:
-            # Looked up here, not bound at import: tests wrap it to watch the batches.
-            await answer_each([f for _, f in batch], send_messages([o for o, _ in batch]))
-        finally:
-            self.in_flight -= 1
-            self.busy.difference_update(rooms)
-            self._start_batches()
+    async def aclose(self) -> None:
+        """Let the lanes store what they hold, within SHUTDOWN_WAIT: a batch whose statement
+        committed is broadcast even when the process is stopping. Then cancel what is left."""
+        lanes = set(self.lanes)
+        if lanes:
+            await asyncio.wait(lanes, timeout=SHUTDOWN_WAIT)
+        for lane in lanes:
+            lane.cancel()
+        self.threads.close()
 
 
 async def publish(outgoing: Outgoing) -> SentMessage:

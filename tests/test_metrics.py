@@ -90,6 +90,10 @@ async def test_a_websocket_publish_shows_in_the_metrics(general: Room, alice: An
     # The message went through the fan-out once: one latency observation, under a second here.
     assert grew("chat_fanout_latency_seconds_count") == 1
     assert grew("chat_fanout_latency_seconds_bucket", le="1.0") == 1
+    # Stored in a batch of its own, within a second.
+    assert grew("chat_publish_batch_size_count") == 1
+    assert grew("chat_publish_batch_size_bucket", le="1.0") == 1
+    assert grew("chat_publish_batch_seconds_bucket", le="1.0") == 1
     assert value(after, "chat_ws_connections") == value(before, "chat_ws_connections")
 
 

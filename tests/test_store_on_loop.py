@@ -3,12 +3,14 @@ asyncio driver, web/models/async_database.py); the others go to the store thread
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
 import orjson
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import OperationalError, connections
+from django.db import OperationalError, connections, transaction
 from django.test import override_settings
 
 from realtime import publisher
@@ -44,14 +46,16 @@ def _publish(user: Any, room: Room, body: str, client_msg_id: str) -> Any:
     return publisher.publish(actions.Outgoing(user, room, body, client_msg_id, member))
 
 
-async def _loop_backends() -> set[int]:
-    """PostgreSQL backends of the store's pool on the event loop."""
+async def _loop_backends(waiting_for: str | None = None) -> set[int]:
+    """PostgreSQL backends of the store's pool on the event loop (those waiting for this
+    wait_event_type)."""
 
     def query() -> set[int]:
         with connections["default"].cursor() as cursor:
             cursor.execute(
-                "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
-                [APPLICATION_NAME],
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
+                " AND wait_event_type IS NOT DISTINCT FROM coalesce(%s, wait_event_type)",
+                [APPLICATION_NAME, waiting_for],
             )
             return {pid for (pid,) in cursor.fetchall()}
 
@@ -147,3 +151,44 @@ async def test_with_the_setting_off_every_batch_goes_to_a_thread(
     sent = await _publish(alice, room, "hello", "c1")
     assert sent.message.seq == 1
     assert len(fresh_process.publisher.threads.threads) == 1
+
+
+async def test_a_batch_being_stored_at_shutdown_is_still_stored_and_broadcast(
+    lobby: Room, alice: Any, fresh_process: Any, capture_events: CaptureEvents
+) -> None:
+    room = await aget_room_for_user(alice, "lobby")
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_room() -> None:
+        # Another transaction holds the room's row: the store's statement waits for it.
+        try:
+            with transaction.atomic():
+                Room.objects.select_for_update().get(pk=room.pk)
+                locked.set()
+                release.wait(30)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=hold_the_room)
+    holder.start()
+    try:
+        assert await asyncio.to_thread(locked.wait, 30)
+        with capture_events(1) as captured:
+            sent = asyncio.ensure_future(_publish(alice, room, "late", "c1"))
+            for _ in range(300):
+                if await _loop_backends(waiting_for="Lock"):
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                pytest.fail("the store's statement never waited for the room's lock")
+            closing = asyncio.ensure_future(close_process())
+            await asyncio.sleep(0.2)
+            assert not closing.done()  # it waits for the batch being stored
+            release.set()
+            await asyncio.wait_for(closing, 30)
+            assert (await sent).message.seq == 1
+    finally:
+        release.set()
+        await asyncio.to_thread(holder.join, 30)
+    assert [event["seq"] for _, event in captured] == [1]
+    assert await Message.objects.filter(room=room, body="late").aexists()

@@ -53,7 +53,7 @@ async def test_a_batch_in_flight_is_a_kept_task(alice: Any) -> None:
     await Room.objects.acreate(slug="lobby", title="Lobby")
     room = await aget_room_for_user(alice, "lobby")
     sent = asyncio.ensure_future(publisher.publish(actions.Outgoing(alice, room, "hi", "a")))
-    await asyncio.sleep(0)  # the batch starts on the next turn of the loop
+    await asyncio.sleep(0)  # the lane starts later in this turn of the loop
     await asyncio.sleep(0)
-    assert "publish batch" in {t.get_name() for t in tasks.running()}
+    assert "publish lane" in {t.get_name() for t in tasks.running()}
     assert (await sent).message.seq == 1
