@@ -7,13 +7,15 @@ Starts its own Redis and PostgreSQL (durable, as bench/services.py runs them) an
 server, drives it with chat-loadtest as scenario 1 does (200 subscribers, 10 publishers,
 one room; other shapes with --rooms, --connections, --publishers), and over the measured
 window reads: the CPU of the server, PostgreSQL and Redis (bench/cpu.py); PostgreSQL's
-commits, WAL records, WAL writes and fsyncs (pg_stat_database, pg_stat_wal); Redis'
-commands by name (INFO commandstats); the server's read and write system calls per
-delivery (/proc/<pid>/io) and, for the product, its garbage collector's pauses (its
-/metrics, read over HTTP at the window's edges: with thousands of sockets, collections
-of their closing right after the window may be counted). With --py-spy it samples the
-server over the same window and lists the frames with the most self time, as shares of
-the samples and as microseconds per delivery.
+commits, WAL records, WAL writes, fsyncs and their time (pg_stat_database, pg_stat_wal)
+and each statement's calls and execution time (pg_stat_statements); Redis' commands by
+name (INFO commandstats); the server's read and write system calls per delivery
+(/proc/<pid>/io) and, for the product, its garbage collector's pauses, its publish
+batches (how many, their publishes and milliseconds) and the mean time from a commit to
+its fan-out (its /metrics, read over HTTP at the window's edges: with thousands of
+sockets, collections of their closing right after the window may be counted). With
+--py-spy it samples the server over the same window and lists the frames with the most
+self time, as shares of the samples and as microseconds per delivery.
 """
 
 from __future__ import annotations
