@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import connection, transaction
 from django.utils import timezone
 
+from tests.locks import locked_elsewhere
 from tests.receivers import Mailbox, smtp_server
 from web import emails
 from web.models import IdempotencyKey, Inbox, Notification, ServiceKey, Webhook, WebhookDelivery
@@ -124,26 +123,9 @@ def test_a_failing_smtp_server_leaves_mentions_due(alice: Any, settings: Any) ->
 def test_mentions_another_worker_holds_are_skipped(alice: Any, mailbox: Mailbox) -> None:
     with_email(alice)
     mention(alice)
-    locked, release = threading.Event(), threading.Event()
-
-    def other_worker() -> None:
-        try:
-            with transaction.atomic():
-                rows = Notification.objects.select_for_update().filter(user=alice)
-                assert len(rows) == 1
-                locked.set()
-                release.wait(30)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=other_worker)
-    thread.start()
-    try:
-        assert locked.wait(30)
+    # Another worker's claim on the mention.
+    with locked_elsewhere(lambda: len(Notification.objects.select_for_update().filter(user=alice))):
         assert send_mention_emails() == 0  # claimed by the other worker: skipped, not awaited
-    finally:
-        release.set()
-        thread.join(30)
     assert mailbox.messages == []
     # The other worker let go without emailing; the next run does.
     assert send_mention_emails() == 1

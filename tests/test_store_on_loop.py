@@ -4,18 +4,18 @@ asyncio driver, web/models/async_database.py); the others go to the store thread
 from __future__ import annotations
 
 import asyncio
-import threading
 from typing import Any
 
 import orjson
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import OperationalError, connections, transaction
+from django.db import OperationalError, connections
 from django.test import override_settings
 
 from realtime import publisher
 from realtime.process import close_process, get_process
 from tests.conftest import CaptureEvents
+from tests.locks import locked_elsewhere
 from web import actions
 from web.access import aget_room_for_user
 from web.errors import Forbidden, NotFound
@@ -157,38 +157,21 @@ async def test_a_batch_being_stored_at_shutdown_is_still_stored_and_broadcast(
     lobby: Room, alice: Any, fresh_process: Any, capture_events: CaptureEvents
 ) -> None:
     room = await aget_room_for_user(alice, "lobby")
-    locked, release = threading.Event(), threading.Event()
-
-    def hold_the_room() -> None:
-        # Another transaction holds the room's row: the store's statement waits for it.
-        try:
-            with transaction.atomic():
-                Room.objects.select_for_update().get(pk=room.pk)
-                locked.set()
-                release.wait(30)
-        finally:
-            connections.close_all()
-
-    holder = threading.Thread(target=hold_the_room)
-    holder.start()
-    try:
-        assert await asyncio.to_thread(locked.wait, 30)
-        with capture_events(1) as captured:
-            sent = asyncio.ensure_future(_publish(alice, room, "late", "c1"))
-            for _ in range(300):
-                if await _loop_backends(waiting_for="Lock"):
-                    break
-                await asyncio.sleep(0.02)
-            else:
-                pytest.fail("the store's statement never waited for the room's lock")
-            closing = asyncio.ensure_future(close_process())
-            await asyncio.sleep(0.2)
-            assert not closing.done()  # it waits for the batch being stored
-            release.set()
-            await asyncio.wait_for(closing, 30)
-            assert (await sent).message.seq == 1
-    finally:
-        release.set()
-        await asyncio.to_thread(holder.join, 30)
+    # Another transaction holds the room's row: the store's statement waits for it.
+    holding = locked_elsewhere(lambda: len(Room.objects.select_for_update().filter(pk=room.pk)))
+    with holding as lock, capture_events(1) as captured:
+        sent = asyncio.ensure_future(_publish(alice, room, "late", "c1"))
+        for _ in range(300):
+            if await _loop_backends(waiting_for="Lock"):
+                break
+            await asyncio.sleep(0.02)
+        else:
+            pytest.fail("the store's statement never waited for the room's lock")
+        closing = asyncio.ensure_future(close_process())
+        await asyncio.sleep(0.2)
+        assert not closing.done()  # it waits for the batch being stored
+        lock.set()
+        await asyncio.wait_for(closing, 30)
+        assert (await sent).message.seq == 1
     assert [event["seq"] for _, event in captured] == [1]
     assert await Message.objects.filter(room=room, body="late").aexists()
