@@ -15,13 +15,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import redis.asyncio
-import redis.asyncio.cluster
 from django.core.cache.backends.base import BaseCache
 from django.core.cache.backends.redis import RedisCache
 from redis.asyncio.cluster import RedisCluster
 
-from project import redis_config
 from web.cluster_cache import RedisClusterCache
 
 # KEYS: the keys. ARGV: a token per key, then the expiry in seconds ("" for none).
@@ -85,19 +82,12 @@ def forget() -> None:
 def _client(backend: BaseCache) -> Any:
     if not isinstance(backend, RedisCache):
         return None
+    from realtime import redis_clients  # every Redis client is made there
+
     # Django's RedisCacheClient (untyped): the servers and options it was given.
     sync: Any = backend._cache  # type: ignore[attr-defined]
     options = {k: v for k, v in sync._pool_options.items() if k.startswith("socket_")}
-    if isinstance(backend, RedisClusterCache):
-        config = redis_config.cluster_of(",".join(sync._servers))
-        if config is None:
-            return None
-        return RedisCluster(
-            startup_nodes=[
-                redis.asyncio.cluster.ClusterNode(host, port) for host, port in config.nodes
-            ],
-            password=config.password,
-            **options,
-        )
-    # Django writes to the first server of several.
-    return redis.asyncio.Redis.from_url(sync._servers[0], **options)
+    # A Cluster's servers are its seed nodes (web/cluster_cache.py); Django writes to the
+    # first server of several.
+    url = ",".join(sync._servers) if isinstance(backend, RedisClusterCache) else sync._servers[0]
+    return redis_clients.async_client(url, **options)
