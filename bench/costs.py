@@ -130,58 +130,59 @@ def syscalls(pid: int) -> dict[str, int]:
     return {"reads": int(fields["syscr"]), "writes": int(fields["syscw"])}
 
 
-def product_metrics(port: int) -> dict[str, float]:
-    """The product's /metrics so far, read over HTTP: per generation, the garbage collector's
-    collections, their seconds and those over 50 ms (`chat_gc_pause_seconds`,
-    realtime/garbage.py); the publisher's batches, their publishes and their seconds
-    (`chat_publish_batch_*`, realtime/publisher.py)."""
+def product_metrics(port: int) -> dict[str, dict[str, float]]:
+    """The product's /metrics so far, read over HTTP. "gc": per generation, the garbage
+    collector's collections, their seconds and those over 50 ms (`chat_gc_pause_seconds`,
+    realtime/garbage.py). "publish": the publisher's batches, their publishes and seconds
+    (`chat_publish_batch_*`, realtime/publisher.py), and the fan-out's latency sum and count."""
     url = f"http://127.0.0.1:{port}/metrics"
     with urllib.request.urlopen(url, timeout=60) as response:
         text = response.read().decode()
-    found: dict[str, float] = {}
+    gc: dict[str, float] = {}
+    publish: dict[str, float] = {}
     # (family, sample suffix) -> the name it is kept under
     kept = {
         ("chat_publish_batch_size", "_count"): "batches",
         ("chat_publish_batch_size", "_sum"): "batch publishes",
         ("chat_publish_batch_seconds", "_sum"): "batch seconds",
-        ("chat_fanout_latency_seconds", "_count"): "batch fanouts",
-        ("chat_fanout_latency_seconds", "_sum"): "batch fanout seconds",
+        ("chat_fanout_latency_seconds", "_count"): "fanouts",
+        ("chat_fanout_latency_seconds", "_sum"): "fanout seconds",
     }
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             suffix = sample.name[len(family.name) :]
             if (family.name, suffix) in kept:
-                found[kept[family.name, suffix]] = sample.value
+                publish[kept[family.name, suffix]] = sample.value
             if family.name != "chat_gc_pause_seconds":
                 continue
             generation = sample.labels.get("generation")
             if suffix == "_count":
-                found[f"{generation} collections"] = sample.value
+                gc[f"{generation} collections"] = sample.value
             elif suffix == "_sum":
-                found[f"{generation} seconds"] = sample.value
+                gc[f"{generation} seconds"] = sample.value
             elif suffix == "_bucket" and sample.labels.get("le") == "0.05":
-                found[f"{generation} within 50 ms"] = sample.value
+                gc[f"{generation} within 50 ms"] = sample.value
     for generation in "012":
-        within = found.pop(f"{generation} within 50 ms", 0.0)
-        found[f"{generation} over 50 ms"] = found.get(f"{generation} collections", 0.0) - within
-    return found
+        within = gc.pop(f"{generation} within 50 ms", 0.0)
+        gc[f"{generation} over 50 ms"] = gc.get(f"{generation} collections", 0.0) - within
+    return {"gc": gc, "publish": publish}
 
 
 def batches(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None] | None:
     """The publisher's batches over the window: how many, their mean publishes and mean ms;
     and the mean ms from an event's commit to its frames written (chat_fanout_latency)."""
-    count = after.get("batches", 0.0) - before.get("batches", 0.0)
+    grew = {k: v - before.get(k, 0.0) for k, v in after.items()}
+    count = grew.get("batches", 0.0)
     if not count:
         return None
-    publishes = after["batch publishes"] - before["batch publishes"]
-    seconds = after["batch seconds"] - before["batch seconds"]
-    fanouts = after.get("batch fanouts", 0.0) - before.get("batch fanouts", 0.0)
-    fanout_s = after.get("batch fanout seconds", 0.0) - before.get("batch fanout seconds", 0.0)
+    fanouts = grew.get("fanouts", 0.0)
     return {
         "batches": count,
-        "publishes_each": round(publishes / count, 2),
-        "ms_each": round(seconds / count * 1000, 2),
-        "commit_to_written_ms": round(fanout_s / fanouts * 1000, 2) if fanouts else None,
+        "publishes_each": round(grew["batch publishes"] / count, 2),
+        "ms_each": round(grew["batch seconds"] / count * 1000, 2),
+        "commit_to_written_ms": round(grew["fanout seconds"] / fanouts * 1000, 2)
+        if fanouts
+        else None,
     }
 
 
@@ -259,7 +260,7 @@ def main() -> int:
                 # Aside: a busy server may take a while to answer, and the window opens now.
                 reading.append(
                     threading.Thread(
-                        target=lambda: before.__setitem__("gc", product_metrics(server.port)),
+                        target=lambda: before.__setitem__("metrics", product_metrics(server.port)),
                         daemon=True,
                     )
                 )
@@ -283,7 +284,7 @@ def main() -> int:
             """At the end of the window, before the generator's sockets close."""
             after["syscalls"] = syscalls(server.pid)
             if args.target == "product":  # first: the generator's sockets close soon
-                after["gc"] = product_metrics(server.port)
+                after["metrics"] = product_metrics(server.port)
             after["redis"] = redis_commands(services.redis_port)
             after["pg"] = pg_counters(services.pg_port)
 
@@ -298,7 +299,7 @@ def main() -> int:
         )
         for thread in reading:
             thread.join(timeout=60)
-        syscalls_after, gc_after = after["syscalls"], after.get("gc", {})
+        syscalls_after, metrics_after = after["syscalls"], after.get("metrics")
         pg_after, redis_after = after["pg"], after["redis"]
         load.wait(timeout=args.duration + 120)
         if spy is not None:
@@ -307,6 +308,7 @@ def main() -> int:
     finally:
         services.stop()
     delivery = data["delivery"]
+    metrics_before = before.get("metrics")
     seconds = cpu.get("window_s", args.duration)
     # Each message reaches its room's subscribers.
     messages = delivery["deliveries_per_s"] * seconds / (args.connections / args.rooms)
@@ -335,14 +337,14 @@ def main() -> int:
         # Over the window: the garbage collector's pauses by generation (the product only).
         # None when the reading at the window's start failed.
         "gc_pauses": {
-            k: round(v - before["gc"][k], 4)
-            for k, v in gc_after.items()
-            if "batch" not in k and k in before["gc"]
+            k: round(v - metrics_before["gc"][k], 4) for k, v in metrics_after["gc"].items()
         }
-        if "gc" in before
+        if metrics_before and metrics_after
         else None,
         # The publisher's batches over the window (the product only).
-        "publish_batches": batches(before["gc"], gc_after) if "gc" in before else None,
+        "publish_batches": batches(metrics_before["publish"], metrics_after["publish"])
+        if metrics_before and metrics_after
+        else None,
         "postgres_per_message": {
             k: (pg_after[0][k] - before["pg"][0][k]) / messages for k in PG_NAMES if messages
         },
