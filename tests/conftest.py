@@ -6,7 +6,7 @@ Charlie belongs to nothing: he should have no access to Alice's private rooms.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from pytest_postgresql import factories as pg_factories
 from pytest_redis import factories as redis_factories
 
 from realtime import events
+from realtime.process import close_process, get_process
 from tests.k8s_manifests import K8S, OVERLAYS, need, run
 from web.models import Room
 
@@ -107,6 +108,15 @@ def bob(db: None) -> Any:
 @pytest.fixture
 def charlie(db: None) -> Any:
     return _user("charlie")
+
+
+@pytest.fixture
+async def fresh_process() -> AsyncIterator[Any]:
+    """A process of its own (realtime/process.py): no store thread started, no pool made yet;
+    closed after the test."""
+    await close_process()
+    yield get_process()
+    await close_process()
 
 
 Captured = list[tuple[str, dict[str, Any]]]

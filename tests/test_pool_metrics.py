@@ -14,7 +14,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from project import metrics
 from realtime import publisher
-from realtime.process import close_process, get_process
 from web import actions
 from web.access import aget_room_for_user
 from web.models import Membership, Room
@@ -31,13 +30,6 @@ def sample(name: str, **labels: str) -> float | None:
             if found.name == name and found.labels == labels:
                 return float(found.value)
     return None
-
-
-@pytest.fixture
-async def fresh_process() -> Any:
-    await close_process()
-    yield get_process()
-    await close_process()
 
 
 @override_settings(PUBLISH_IN_FLIGHT=1)

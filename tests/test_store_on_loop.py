@@ -13,7 +13,7 @@ from django.db import OperationalError, connections
 from django.test import override_settings
 
 from realtime import publisher
-from realtime.process import close_process, get_process
+from realtime.process import close_process
 from tests.conftest import CaptureEvents
 from tests.locks import locked_elsewhere
 from web import actions
@@ -24,14 +24,6 @@ from web.models.async_database import APPLICATION_NAME
 from web.models.notifications import Notification
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-async def fresh_process() -> Any:
-    """A process of its own: no store thread started, no pool made yet."""
-    await close_process()
-    yield get_process()
-    await close_process()
 
 
 @pytest.fixture
