@@ -47,10 +47,14 @@ export class RoomList {
   }
 
   render() {
+    // The links are rebuilt; a keyboard user's focus on one of them moves to its new self.
+    const active = document.activeElement;
+    const focused = active && (this.mine.contains(active) || this.others.contains(active)) ? active.dataset.room : null;
     const sorted = [...this.rooms.values()].sort((a, b) => a.slug.localeCompare(b.slug));
     this.mine.replaceChildren(...sorted.filter((r) => r.member).map((r) => this.item(r)));
     const others = sorted.filter((r) => !r.member);
     this.others.replaceChildren(...(others.length ? others.map((r) => this.item(r)) : [el("li", { class: "none", text: "None" })]));
+    if (focused) [...this.mine.querySelectorAll("a"), ...this.others.querySelectorAll("a")].find((a) => a.dataset.room === focused)?.focus();
   }
 
   item(room) {

@@ -54,6 +54,9 @@ def test_every_control_is_reached_by_keyboard_in_order(person: Any, room: str) -
     alice.open_room(room)
     alice.page.reload()  # focus starts at the top of the page again
     alice.expect_connected()
+    # The room list is fetched on its own after the page loads; tab only once it is there.
+    rooms = alice.page.get_by_role("navigation", name="Rooms")
+    expect(rooms.locator(f'a[data-room="{room}"]')).to_be_visible()
     reached: list[str] = []
     for _ in range(40):
         alice.page.keyboard.press("Tab")
@@ -66,8 +69,26 @@ def test_every_control_is_reached_by_keyboard_in_order(person: Any, room: str) -
             break
     assert "message" in reached, reached
     # The header, then the rooms, then the new-room form, then the messages and the composer.
-    order = [reached.index(x) for x in ("bell", room, "new-room-slug", "log", "message")]
+    wanted = ("bell", room, "new-room-slug", "log", "message")
+    assert set(wanted) <= set(reached), reached
+    order = [reached.index(x) for x in wanted]
     assert order == sorted(order), reached
+
+
+def test_a_room_link_keeps_the_keyboard_focus_when_the_list_is_redrawn(
+    person: Any, room: str, api: dict[str, Http]
+) -> None:
+    bob = person("bob")  # on general; the room is in his list
+    link = bob.page.get_by_role("navigation", name="Rooms").locator(f'a[data-room="{room}"]')
+    link.focus()
+    expect(link).to_be_focused()
+    # A message in that room redraws the list with its unread badge.
+    answer = api["alice"].request_sync(
+        "POST", f"/api/rooms/{room}/messages", json_body={"body": "hi", "client_msg_id": "f1"}
+    )
+    assert answer.status == 201, answer.text
+    expect(link.locator(".badge")).to_have_text(re.compile(r"^1"))
+    expect(link).to_be_focused()
 
 
 def test_pages_carry_a_csp_that_forbids_inline_scripts_and_allows_the_socket(
