@@ -33,7 +33,8 @@ from typing import Any
 from channels_redis.core import RedisChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
-from bench.services import free_port, wait_for_port
+from bench.services import wait_for_port
+from cluster.procs import free_port
 
 DRAIN_WITHIN = 60.0
 QUIET = 1.0  # after the last delivery, how long nothing more must arrive

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.layers import CountingWriter
-from bench.services import free_port, wait_for_port
+from bench.services import wait_for_port
+from cluster.procs import free_port
 
 QUIET = 1.0  # seconds without a new frame that end a run
 

@@ -34,7 +34,7 @@ import redis
 from redis.crc import key_slot
 
 from bench.cpu import CpuMeter, cpu_seconds
-from bench.services import free_port
+from cluster.procs import free_port
 
 READY_WITHIN = 30.0
 POLL = 0.1  # seconds between looks at servers that announce nothing

@@ -37,9 +37,9 @@ from bench.services import (
     UVICORN_ARGS,
     Server,
     Services,
-    free_port,
     wait_for_port,
 )
+from cluster.procs import free_port
 
 ROUTE = 'route="api/rooms"'
 BENCH_LOGIN = (  # a throwaway user on the throwaway database

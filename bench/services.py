@@ -22,6 +22,7 @@ import psycopg
 from pytest_postgresql.executors.proc import PostgreSQLExecutor
 
 from bench.cpu import CpuMeter
+from cluster.procs import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -52,15 +53,6 @@ PG_CHECKED = ("server_version", "fsync", "synchronous_commit", "full_page_writes
 # The Socket.IO baseline (bench/baselines/socketio/): `make bench` installs its node_modules
 # from the committed package-lock.json.
 SOCKETIO = ROOT / "bench" / "baselines" / "socketio"
-
-
-def free_port() -> int:
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in FORBIDDEN_PORTS:
-            return port
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None, log: Path | None) -> None:

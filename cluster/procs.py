@@ -84,13 +84,22 @@ def proc_of(pid: int) -> Proc:
     return Proc(pid, int(stat[19]))
 
 
+# Ports this process has handed out. The kernel may give a port again as soon as the probing
+# socket is closed; two servers started together (a Redis master and its replica) would then
+# fight over one, and one of them would fail to start.
+_given: set[int] = set()
+
+
 def free_port() -> int:
-    """A loopback port nobody listens on now (never the machine's PostgreSQL or Redis)."""
+    """A loopback port nobody listens on now, never the machine's PostgreSQL or Redis, and
+    never one handed out before by this process (the bench, the tests and `make cluster`
+    use it). A server still has to be ready to lose a race with another process."""
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("127.0.0.1", 0))
             port: int = sock.getsockname()[1]
-        if port not in FORBIDDEN_PORTS:
+        if port not in FORBIDDEN_PORTS and port not in _given:
+            _given.add(port)
             return port
 
 

@@ -13,8 +13,8 @@ from django.core.cache import caches
 from prometheus_client import REGISTRY
 from pytest_redis.executor import RedisExecutor
 
+from cluster.procs import free_port
 from project.settings import cache_settings
-from tests.receivers import free_port
 from web.access import rooms_for_user
 
 RETRY = 0.2  # CACHE_RETRY_SECONDS here: faults heal quickly

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,14 +18,9 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
+from cluster.procs import free_port
+
 WAIT_SECONDS = 30.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def verify(secret: str, header: str, body: bytes) -> bool:

@@ -7,12 +7,13 @@ runs it). As root, the standby runs as the postgres user through tests/bin/pg_ct
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import psycopg
+
+from cluster.procs import free_port
 
 PG_CTL = str(Path(__file__).parent / "bin" / "pg_ctl")
 
@@ -22,19 +23,13 @@ def _pg_bin(name: str) -> str:
     return str(found[-1]) if found else name
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Replica:
     """A hot standby streaming from host:port, its data in `workdir`."""
 
     def __init__(self, host: str, port: int, user: str, workdir: Path) -> None:
         self.primary_host, self.primary_port, self.primary_user = host, port, user
         self.host, self.user = "127.0.0.1", user
-        self.port = _free_port()
+        self.port = free_port()
         self.workdir = workdir
         self.datadir = workdir / "data"
         self.log = workdir / "replica.log"

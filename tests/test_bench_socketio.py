@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.services import SOCKETIO, Server, free_port, wait_for_port
+from bench.services import SOCKETIO, Server, wait_for_port
+from cluster.procs import free_port
 from loadtest.socketio import is_socketio
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,6 +18,7 @@ from django.test import Client
 from pytest_redis.config import get_config
 from pytest_redis.executor import RedisExecutor
 
+from cluster.procs import free_port
 from tests.cache_servers import (
     MEMCACHED,
     RETRY,
@@ -28,7 +29,6 @@ from tests.cache_servers import (
     unavailable,
     use_cache,
 )
-from tests.receivers import free_port
 from web import actions, cache
 from web.access import get_room_for_user
 from web.models import Room

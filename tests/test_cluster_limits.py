@@ -16,10 +16,10 @@ import pytest
 import redis.asyncio as aioredis
 from django.test import override_settings
 
+from cluster.procs import free_port
 from realtime import cluster_limits, limits, redis_clients, tasks
 from realtime.cluster_limits import CONNS_PREFIX, ClusterLimits, window
 from realtime.process import get_process
-from tests.e2e.servers import free_port
 
 CAP = 2
 

@@ -17,12 +17,12 @@ from prometheus_client import REGISTRY
 from pytest_redis.executor import RedisExecutor
 
 from bench.redis_cluster import RedisCluster
+from cluster.procs import free_port
 from project import metrics
 from realtime import drain
 from realtime.process import close_process, get_process
 from tests.e2e.faults import redis_server, redis_url
 from tests.e2e.processes import frozen, postgres_pids
-from tests.e2e.servers import free_port
 from tests.test_consumers import connect, open_socket, token_headers
 from web.models import Message, Room
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.services import BIN, ROOT, free_port, wait_for_port
+from bench.services import BIN, ROOT, wait_for_port
+from cluster.procs import free_port
 from loadtest.worker import PUBLISH_TICK_SECONDS
 
 

@@ -22,10 +22,10 @@ from django.conf import settings
 from django.test import AsyncClient, Client
 from prometheus_client.parser import text_string_to_metric_families
 
+from cluster.procs import free_port
 from project.celery import app as celery_app
 from realtime.consumers import CLOSE_TRY_AGAIN_LATER
 from realtime.process import get_process
-from tests.e2e.servers import free_port
 from tests.test_consumers import connect, open_socket, token_headers
 from web.models import Room
 from web.tasks import purge_idempotency_keys

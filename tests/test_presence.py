@@ -260,7 +260,7 @@ async def test_heartbeats_put_back_what_redis_lost(
 async def test_subscribing_works_while_redis_does_not_answer(
     general: Room, alice: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.e2e.servers import free_port
+    from cluster.procs import free_port
 
     with override_settings(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"):
         tracker = get_presence()

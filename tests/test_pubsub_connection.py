@@ -19,10 +19,10 @@ from django.test import override_settings
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from cluster.procs import free_port
 from realtime.feeds import RedisTransport
 from realtime.pubsub_connection import PubSubConnection
 from realtime.redis_clients import Address, feed_address
-from tests.receivers import free_port
 
 PASSWORD = "s3cret-for-this-test"  # a throwaway server's
 

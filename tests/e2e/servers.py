@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from typing import IO, Protocol
 
 import psycopg
 from psycopg import sql
+
+from cluster.procs import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN_RE = re.compile(r"^ct_[A-Za-z0-9_-]+$")
@@ -44,14 +45,6 @@ UVICORN_ARGS = (
 
 class PodDied(RuntimeError):
     """A pod exited while it should be serving; the message carries its output."""
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now (the pod retries if it loses the race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def base_env(overrides: Mapping[str, str]) -> dict[str, str]:
