@@ -19,6 +19,7 @@ from django.core.cache.backends.base import BaseCache
 from django.core.cache.backends.redis import RedisCache
 from redis.asyncio.cluster import RedisCluster
 
+from realtime import redis_clients  # every Redis client is made there
 from web.cluster_cache import RedisClusterCache
 
 # KEYS: the keys. ARGV: a token per key, then the expiry in seconds ("" for none).
@@ -82,8 +83,6 @@ def forget() -> None:
 def _client(backend: BaseCache) -> Any:
     if not isinstance(backend, RedisCache):
         return None
-    from realtime import redis_clients  # every Redis client is made there
-
     # Django's RedisCacheClient (untyped): the servers and options it was given.
     sync: Any = backend._cache  # type: ignore[attr-defined]
     options = {k: v for k, v in sync._pool_options.items() if k.startswith("socket_")}
