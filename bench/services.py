@@ -27,7 +27,6 @@ from cluster.procs import free_port
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PG_CTL = ROOT / "tests" / "bin" / "pg_ctl"  # runs PostgreSQL as the postgres user under root
-FORBIDDEN_PORTS = frozenset({5432, 6379})  # the machine's own servers
 READY_TIMEOUT = 30.0
 FLOOD_CONTROL = ("PUBLISH_RATE", "PUBLISH_BURST", "USER_PUBLISH_RATE", "USER_PUBLISH_BURST")
 UNLIMITED = 1_000_000

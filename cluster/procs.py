@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-# The machine's own PostgreSQL and Redis: the cluster never takes their ports.
+# The machine's own PostgreSQL and Redis: the cluster, the bench and the tests never take
+# their ports.
 FORBIDDEN_PORTS = frozenset({5432, 6379})
 POLL = 0.1
 

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from pytest_redis.executor import RedisExecutor
 
+from cluster.procs import FORBIDDEN_PORTS
 from tests.e2e.faults import ReturningClient, client_factory, redis_server
 from tests.e2e.http_client import Http, create_room_sync, login
 from tests.e2e.servers import (
-    FORBIDDEN_PORTS,
     Pod,
     SpawnPod,
     Stack,

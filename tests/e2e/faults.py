@@ -21,9 +21,8 @@ from pytest_redis.config import get_config
 from pytest_redis.executor import RedisExecutor
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from cluster.procs import free_port
+from cluster.procs import FORBIDDEN_PORTS, free_port
 from tests.e2e.servers import (
-    FORBIDDEN_PORTS,
     Pod,
     Stack,
     base_env,

@@ -32,8 +32,6 @@ from cluster.procs import free_port
 REPO = Path(__file__).resolve().parents[2]
 TOKEN_RE = re.compile(r"^ct_[A-Za-z0-9_-]+$")
 DEMO_USER_RE = re.compile(r"^\s*(\w+)\s+password:\s+(\S+)\s+token:\s+(\S+)\s*$")
-# The machine's own services: the tests must never touch them.
-FORBIDDEN_PORTS = frozenset({5432, 6379})
 READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 60.0

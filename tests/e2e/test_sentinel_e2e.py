@@ -28,14 +28,14 @@ import redis.asyncio
 from kombu.connection import Connection as BrokerConnection
 from pytest_redis.config import get_config
 
-from cluster.procs import free_port
+from cluster.procs import FORBIDDEN_PORTS, free_port
 from project.redis_config import SentinelConfig
 from realtime import redis_clients
 from tests.e2e.failover import delivered_since, keep_writing, longest_stall
 from tests.e2e.faults import Ledger, ReturningClient
 from tests.e2e.http_client import Http, history
 from tests.e2e.processes import poll_until
-from tests.e2e.servers import FORBIDDEN_PORTS, SpawnPod, Stack
+from tests.e2e.servers import SpawnPod, Stack
 
 pytestmark = pytest.mark.e2e
 
